@@ -1,0 +1,92 @@
+"""chatsdk: a synchronous, requests-style SDK for the ChatSDK chat API.
+
+A message you hand to chatsdk arrives, once, even on a terrible network; when it cannot
+arrive yet, nothing is lost and the caller is told the truth at once.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from chatsdk._adapter import ResilientAdapter
+from chatsdk._client import ChatClient
+from chatsdk._config import DEFAULT_RETRY_POLICY, BreakerPolicy, RetryPolicy
+from chatsdk._exceptions import (
+    APIError,
+    BadRequestError,
+    ChatSDKError,
+    CircuitBreakerOpenError,
+    ConfigurationError,
+    ConflictError,
+    ConnectError,
+    ConnectTimeoutError,
+    ForbiddenError,
+    IdempotencyKeyInUseError,
+    IdempotencyKeyReusedError,
+    InvalidResponseError,
+    NotFoundError,
+    OutboxCorruptError,
+    OutboxEntryExpiredError,
+    OutboxError,
+    PayloadTooLargeError,
+    RateLimitedError,
+    RealtimeError,
+    RequestTimeoutError,
+    ServerError,
+    TransportError,
+    TransportTimeoutError,
+    UnauthorizedError,
+    UnprocessableEntityError,
+    ValidationError,
+    WaitTimeoutError,
+)
+from chatsdk._models import Attachment, Message, Reaction
+from chatsdk._retry import calculate_backoff, parse_retry_after, retry_call, should_retry
+from chatsdk._session import ChatSession
+from chatsdk._version import __version__
+
+__all__ = [
+    "DEFAULT_RETRY_POLICY",
+    "APIError",
+    "Attachment",
+    "BadRequestError",
+    "BreakerPolicy",
+    "ChatClient",
+    "ChatSDKError",
+    "ChatSession",
+    "CircuitBreakerOpenError",
+    "ConfigurationError",
+    "ConflictError",
+    "ConnectError",
+    "ConnectTimeoutError",
+    "ForbiddenError",
+    "IdempotencyKeyInUseError",
+    "IdempotencyKeyReusedError",
+    "InvalidResponseError",
+    "Message",
+    "NotFoundError",
+    "OutboxCorruptError",
+    "OutboxEntryExpiredError",
+    "OutboxError",
+    "PayloadTooLargeError",
+    "RateLimitedError",
+    "Reaction",
+    "RealtimeError",
+    "RequestTimeoutError",
+    "ResilientAdapter",
+    "RetryPolicy",
+    "ServerError",
+    "TransportError",
+    "TransportTimeoutError",
+    "UnauthorizedError",
+    "UnprocessableEntityError",
+    "ValidationError",
+    "WaitTimeoutError",
+    "__version__",
+    "calculate_backoff",
+    "parse_retry_after",
+    "retry_call",
+    "should_retry",
+]
+
+logging.getLogger("chatsdk").addHandler(logging.NullHandler())

@@ -1,0 +1,267 @@
+"""ChatClient: the friendly front of chatsdk (domain methods over a ChatSession)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from types import TracebackType
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import requests
+
+from chatsdk._adapter import attempts_of
+from chatsdk._config import RetryPolicy
+from chatsdk._exceptions import (
+    ChatSDKError,
+    ConfigurationError,
+    InvalidResponseError,
+    error_for_response,
+    excerpt,
+)
+from chatsdk._models import Attachment, Message, Reaction
+from chatsdk._session import ChatSession
+from chatsdk._validation import (
+    check_channel,
+    check_id,
+    check_idempotency_key,
+    check_limit,
+    message_body,
+    reaction_body,
+    text_body,
+)
+
+__all__ = ["ChatClient"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+URL_ENV = "CHATSDK_URL"
+API_KEY_ENV = "CHATSDK_API_KEY"
+
+
+def new_idempotency_key() -> str:
+    """A fresh random key for one logical operation."""
+    return str(uuid.uuid4())
+
+
+def _path(*parts: str) -> str:
+    return "/".join(quote(p, safe="") for p in parts)
+
+
+class ChatClient:
+    """A ChatSDK client: send messages and reactions that arrive once, even on a bad network.
+
+    Args:
+        base_url: the server; defaults to ``$CHATSDK_URL``.
+        api_key: the API key; defaults to ``$CHATSDK_API_KEY``. Never logged or shown.
+        retry: the retry policy (default :data:`chatsdk.DEFAULT_RETRY_POLICY`).
+        timeout: default ``(connect, read)`` seconds, or one number for both.
+        session: a ready :class:`ChatSession` to use instead of building one; then
+            ``base_url``, ``api_key``, ``retry`` and ``timeout`` must not be given.
+
+    Raises:
+        ConfigurationError: the URL or the key is missing (naming which) or invalid.
+    """
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        retry: RetryPolicy | None = None,
+        timeout: float | tuple[float, float] | None = None,
+        session: ChatSession | None = None,
+    ) -> None:
+        if session is not None:
+            given = [
+                n
+                for n, v in (
+                    ("base_url", base_url),
+                    ("api_key", api_key),
+                    ("retry", retry),
+                    ("timeout", timeout),
+                )
+                if v is not None
+            ]
+            if given:
+                raise ConfigurationError(
+                    f"pass {', '.join(given)} to the ChatSession, not with session="
+                )
+            self.session = session
+        else:
+            url = base_url if base_url is not None else os.environ.get(URL_ENV)
+            key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
+            if not url:
+                raise ConfigurationError(f"no base URL: pass base_url= or set ${URL_ENV}")
+            if not key:
+                raise ConfigurationError(f"no API key: pass api_key= or set ${API_KEY_ENV}")
+            self.session = ChatSession(url, key, retry=retry, timeout=timeout)
+
+    def __repr__(self) -> str:
+        return f"<ChatClient {self.session.base_url}>"
+
+    def __enter__(self) -> ChatClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release connections. The client cannot be used afterwards."""
+        self.session.close()
+
+    # -- messages ------------------------------------------------------------------------
+
+    def send_message(
+        self,
+        channel_id: str,
+        text: str,
+        *,
+        attachments: Iterable[Attachment | Mapping[str, Any]] = (),
+        parent_id: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Message:
+        """Post a message, retrying transient failures under one ``Idempotency-Key``.
+
+        Args:
+            channel_id: 1..128 characters of ``[A-Za-z0-9_.:-]``.
+            text: 1..4000 characters after stripping.
+            attachments: at most 10 :class:`Attachment` (or mappings with type, url, name).
+            parent_id: the message this one replies to.
+            idempotency_key: your own key for this intent (default: a new UUID4).
+
+        Returns:
+            The created :class:`Message` (``replayed`` when the server answered from an
+            earlier request with the same key).
+
+        Raises:
+            ValidationError: an argument breaks the contract (nothing was sent).
+            APIError: the server refused (a subclass per status), after retries.
+            TransportError: no response could be had, after retries.
+        """
+        body = message_body(channel_id, text, attachments, parent_id)
+        key = self._key(idempotency_key)
+        response = self._request("POST", "api/messages", json=body, idempotency_key=key)
+        return self._parse(response, Message.from_json, key)
+
+    def edit_message(self, message_id: str, text: str) -> Message:
+        """Replace a message's text (``PATCH``; idempotent, retried)."""
+        message_id = check_id("messageId", message_id)
+        body = text_body(text)
+        response = self._request("PATCH", _path("api", "messages", message_id), json=body)
+        return self._parse(response, Message.from_json)
+
+    def delete_message(self, message_id: str) -> None:
+        """Delete a message (succeeds also when it was already deleted)."""
+        message_id = check_id("messageId", message_id)
+        self._request("DELETE", _path("api", "messages", message_id))
+
+    def list_messages(
+        self, channel_id: str, *, limit: int = 50, before: str | None = None
+    ) -> list[Message]:
+        """A channel's messages, newest first: at most ``limit``, older than ``before``."""
+        params: dict[str, Any] = {"limit": check_limit(limit)}
+        if before is not None:
+            params["before"] = check_id("before", before)
+        path = _path("api", "channels", check_channel(channel_id), "messages")
+        response = self._request("GET", path, params=params)
+
+        def parse(data: object, replayed: bool) -> list[Message]:
+            if not isinstance(data, dict) or not isinstance(data.get("messages"), list):
+                raise ValueError("expected an object with a 'messages' list")
+            return [Message.from_json(m) for m in data["messages"]]
+
+        return self._parse(response, parse)
+
+    # -- reactions -----------------------------------------------------------------------
+
+    def add_reaction(
+        self, message_id: str, reaction: str, *, idempotency_key: str | None = None
+    ) -> Reaction:
+        """Add a reaction; adding the same one again returns the existing Reaction."""
+        body = reaction_body(message_id, reaction)
+        key = self._key(idempotency_key)
+        response = self._request("POST", "api/reactions", json=body, idempotency_key=key)
+        return self._parse(response, Reaction.from_json, key)
+
+    def remove_reaction(self, message_id: str, reaction: str) -> None:
+        """Remove a reaction (succeeds also when it was absent)."""
+        body = reaction_body(message_id, reaction)
+        self._request(
+            "DELETE", _path("api", "messages", body["messageId"], "reactions", body["reaction"])
+        )
+
+    # -- health --------------------------------------------------------------------------
+
+    def health(self) -> bool:
+        """True when the server answers ``GET /api/health`` with ``{"status": "ok"}``."""
+        try:
+            response = self._request("GET", "api/health")
+            data = response.json()
+        except (ChatSDKError, requests.RequestException, ValueError) as exc:
+            log.info("health check failed: %s", type(exc).__name__)
+            return False
+        return isinstance(data, dict) and data.get("status") == "ok"
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    @staticmethod
+    def _key(idempotency_key: str | None) -> str:
+        if idempotency_key is None:
+            return new_idempotency_key()
+        return check_idempotency_key(idempotency_key)
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> requests.Response:
+        """Send one operation; return a 2xx response or raise the matching APIError."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        try:
+            response = self.session.request(method, path, json=json, params=params, headers=headers)
+        except ChatSDKError as exc:
+            exc.idempotency_key = idempotency_key
+            raise
+        if response.status_code >= 400:
+            error = error_for_response(response)
+            error.attempts = attempts_of(response)
+            error.idempotency_key = idempotency_key
+            raise error
+        return response
+
+    @staticmethod
+    def _parse(
+        response: requests.Response, build: Callable[[object, bool], T], key: str | None = None
+    ) -> T:
+        """Decode a 2xx body with ``build``; a body off the contract is an InvalidResponseError."""
+        replayed = response.headers.get("Idempotent-Replayed", "").lower() == "true"
+        try:
+            data = response.json()
+            result = build(data, replayed)
+        except (ValueError, TypeError, KeyError) as exc:
+            error = InvalidResponseError(
+                response.status_code,
+                None,
+                f"response is not the JSON the contract promises ({exc}): {excerpt(response.text)}",
+                body=response.text,
+                response=response,
+                request=response.request,
+            )
+            error.attempts = attempts_of(response)
+            error.idempotency_key = key
+            raise error from exc
+        return result

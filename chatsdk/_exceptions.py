@@ -1,0 +1,375 @@
+"""The chatsdk error tree, and the one place transport errors are mapped.
+
+::
+
+    ChatSDKError
+     +-- ConfigurationError (ValueError)         missing base URL or API key
+     +-- ValidationError (ValueError)            bad argument, raised before any I/O
+     +-- TransportError (requests.RequestException)      no HTTP response
+     |    +-- ConnectError (requests.ConnectionError)    refused, reset, DNS
+     |    |    +-- ConnectTimeoutError (also TransportTimeoutError)
+     |    +-- TransportTimeoutError (requests.Timeout)   read timeout
+     +-- CircuitBreakerOpenError (requests.ConnectionError)  host known bad, nothing sent
+     +-- APIError (requests.HTTPError)            the server answered 4xx/5xx, or bad JSON
+     |    +-- BadRequestError            400
+     |    +-- UnauthorizedError          401
+     |    +-- ForbiddenError             403
+     |    +-- NotFoundError              404
+     |    +-- RequestTimeoutError        408
+     |    +-- ConflictError              409
+     |    |    +-- IdempotencyKeyInUseError   409 idempotency_key_in_use
+     |    +-- PayloadTooLargeError       413
+     |    +-- UnprocessableEntityError   422
+     |    |    +-- IdempotencyKeyReusedError  422 idempotency_key_reused
+     |    +-- RateLimitedError           429 (.retry_after)
+     |    +-- ServerError                5xx
+     |    +-- InvalidResponseError       2xx whose body is not the promised JSON
+     +-- OutboxError
+     |    +-- OutboxCorruptError         a corrupt or foreign file (moved aside)
+     |    +-- OutboxEntryExpiredError    an entry older than max_age
+     +-- WaitTimeoutError (TimeoutError) a wait() or flush() ran out of time
+     +-- RealtimeError                   the realtime connection or a subscription failed
+
+Every error raised after retrying carries ``.attempts`` (HTTP sends made) and, for creates,
+``.idempotency_key``.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import requests
+import urllib3.exceptions
+
+__all__ = [
+    "APIError",
+    "BadRequestError",
+    "ChatSDKError",
+    "CircuitBreakerOpenError",
+    "ConfigurationError",
+    "ConflictError",
+    "ConnectError",
+    "ConnectTimeoutError",
+    "ForbiddenError",
+    "IdempotencyKeyInUseError",
+    "IdempotencyKeyReusedError",
+    "InvalidResponseError",
+    "NotFoundError",
+    "OutboxCorruptError",
+    "OutboxEntryExpiredError",
+    "OutboxError",
+    "PayloadTooLargeError",
+    "RateLimitedError",
+    "RealtimeError",
+    "RequestTimeoutError",
+    "ServerError",
+    "TransportError",
+    "TransportTimeoutError",
+    "UnauthorizedError",
+    "UnprocessableEntityError",
+    "ValidationError",
+    "WaitTimeoutError",
+]
+
+_EXCERPT_CHARS = 200
+
+
+class ChatSDKError(Exception):
+    """Root of every error chatsdk raises.
+
+    Attributes:
+        attempts: HTTP sends made by the operation that failed, when one was made.
+        idempotency_key: the operation's ``Idempotency-Key``, for creates.
+    """
+
+    attempts: int | None = None
+    idempotency_key: str | None = None
+
+
+class ConfigurationError(ChatSDKError, ValueError):
+    """The client was built without something it needs (base URL, API key) or with a bad policy."""
+
+
+class ValidationError(ChatSDKError, ValueError):
+    """An argument breaks the wire contract; raised before any network call.
+
+    Attributes:
+        field: the API field at fault (``channelId``, ``text``, ...).
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class TransportError(ChatSDKError, requests.RequestException):
+    """No HTTP response: connection refused or reset, DNS failure, timeout.
+
+    The original requests/urllib3 exception is ``__cause__``.
+
+    Attributes:
+        request_sent: False when the failure happened before any byte of the request could
+            reach the server (refused, DNS, connect timeout): such a request is safe to resend
+            whatever its method.
+    """
+
+    request_sent: bool = True
+
+
+class ConnectError(TransportError, requests.ConnectionError):
+    """The connection failed or broke (refused, reset, DNS, closed while reading)."""
+
+
+class TransportTimeoutError(TransportError, requests.Timeout):
+    """The server did not answer within the timeout."""
+
+
+class ConnectTimeoutError(ConnectError, TransportTimeoutError):
+    """The connection could not be made within the connect timeout: nothing was sent."""
+
+    request_sent = False
+
+
+class CircuitBreakerOpenError(ChatSDKError, requests.ConnectionError):
+    """The host's circuit is open: the call failed fast and nothing was sent.
+
+    Attributes:
+        name: the breaker's name (``rest:http://host:port``).
+        retry_after: seconds until the breaker lets a probe through.
+    """
+
+    def __init__(self, name: str, retry_after: float, **kwargs: Any) -> None:
+        super().__init__(
+            f"circuit {name} is open; next probe allowed in {retry_after:.2f}s", **kwargs
+        )
+        self.name = name
+        self.retry_after = retry_after
+
+
+class APIError(ChatSDKError, requests.HTTPError):
+    """The server answered with an error status, or with a body that breaks the contract.
+
+    Attributes:
+        status: the HTTP status code.
+        code: the ``error.code`` of the body (``None`` when the body had none).
+        message: the ``error.message`` of the body, or a short excerpt of a foreign body.
+        body: the decoded JSON body, or the raw text when it was not JSON.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        code: str | None,
+        message: str,
+        *,
+        body: Any = None,
+        response: requests.Response | None = None,
+        request: Any = None,
+    ) -> None:
+        label = f"HTTP {status}" + (f" {code}" if code else "")
+        super().__init__(f"{label}: {message}", response=response, request=request)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.body = body
+
+
+class BadRequestError(APIError):
+    """400 ``invalid_request``: the message names the field."""
+
+
+class UnauthorizedError(APIError):
+    """401: missing or wrong API key."""
+
+
+class ForbiddenError(APIError):
+    """403: the key is valid but not allowed."""
+
+
+class NotFoundError(APIError):
+    """404: no such message or channel."""
+
+
+class RequestTimeoutError(APIError):
+    """408: the server gave up waiting for the request."""
+
+
+class ConflictError(APIError):
+    """409."""
+
+
+class IdempotencyKeyInUseError(ConflictError):
+    """409 ``idempotency_key_in_use``: the first request with this key is still running."""
+
+
+class PayloadTooLargeError(APIError):
+    """413: the body is too large."""
+
+
+class UnprocessableEntityError(APIError):
+    """422."""
+
+
+class IdempotencyKeyReusedError(UnprocessableEntityError):
+    """422 ``idempotency_key_reused``: the same key was sent with a different body."""
+
+
+class RateLimitedError(APIError):
+    """429: slow down.
+
+    Attributes:
+        retry_after: seconds the server asked to wait, when it said.
+    """
+
+    retry_after: float | None = None
+
+
+class ServerError(APIError):
+    """5xx, or a proxy's error page."""
+
+
+class InvalidResponseError(APIError):
+    """A success status whose body is not the JSON the contract promises."""
+
+
+class OutboxError(ChatSDKError):
+    """The offline outbox failed."""
+
+
+class OutboxCorruptError(OutboxError):
+    """The outbox file is corrupt or not an outbox; it was moved aside, never deleted.
+
+    Attributes:
+        path: the path that was asked for.
+        moved_to: where the unreadable file now is.
+    """
+
+    def __init__(self, path: str, moved_to: str, reason: str) -> None:
+        super().__init__(f"outbox {path} is unreadable ({reason}); moved aside to {moved_to}")
+        self.path = path
+        self.moved_to = moved_to
+
+
+class OutboxEntryExpiredError(OutboxError):
+    """The entry reached ``max_age`` before it could be delivered."""
+
+
+class WaitTimeoutError(ChatSDKError, TimeoutError):
+    """A ``wait()`` or ``flush()`` ran out of time; the work goes on in the background."""
+
+
+class RealtimeError(ChatSDKError):
+    """The realtime connection or a subscription failed for good.
+
+    Attributes:
+        code: the protocol or close code, when there was one.
+    """
+
+    def __init__(self, message: str, *, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+_STATUS_ERRORS: dict[int, type[APIError]] = {
+    400: BadRequestError,
+    401: UnauthorizedError,
+    403: ForbiddenError,
+    404: NotFoundError,
+    408: RequestTimeoutError,
+    409: ConflictError,
+    413: PayloadTooLargeError,
+    422: UnprocessableEntityError,
+    429: RateLimitedError,
+}
+_CODE_ERRORS: dict[str, type[APIError]] = {
+    "idempotency_key_in_use": IdempotencyKeyInUseError,
+    "idempotency_key_reused": IdempotencyKeyReusedError,
+}
+
+
+def excerpt(text: str) -> str:
+    """A short, single-line excerpt of a foreign body for an error message."""
+    flat = " ".join(text.split())
+    if len(flat) > _EXCERPT_CHARS:
+        return flat[:_EXCERPT_CHARS] + "..."
+    return flat or "(empty body)"
+
+
+def error_for_response(response: requests.Response) -> APIError:
+    """Build the :class:`APIError` subclass matching an error response.
+
+    Copes with bodies that are not the contract's JSON (a proxy's HTML page, an empty or
+    truncated body): the message then names the status and a short excerpt.
+    """
+    status = response.status_code
+    code: str | None = None
+    body: Any
+    try:
+        body = response.json()
+    except ValueError:
+        body = response.text
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict) and isinstance(error.get("code"), str):
+        code = error["code"]
+        message = str(error.get("message") or "")
+    else:
+        message = f"unexpected body from the server: {excerpt(response.text)}"
+    cls = _CODE_ERRORS.get(code or "") or _STATUS_ERRORS.get(status)
+    if cls is None:
+        cls = ServerError if status >= 500 else APIError
+    exc = cls(status, code, message, body=body, response=response, request=response.request)
+    if isinstance(exc, RateLimitedError):
+        from chatsdk._retry import parse_retry_after  # noqa: PLC0415 - avoids an import cycle
+
+        exc.retry_after = parse_retry_after(response.headers.get("Retry-After"))
+    return exc
+
+
+def map_transport_error(exc: BaseException, request: Any = None) -> TransportError:
+    """Map a requests/urllib3/socket failure to the chatsdk tree; the caller sets ``__cause__``.
+
+    The one place transport errors are mapped. Refused connections are tested before
+    timeouts because urllib3 2.x makes ``NewConnectionError`` a ``ConnectTimeoutError``.
+    """
+    if isinstance(exc, TransportError):
+        return exc
+    cls: type[TransportError]
+    refused = _is_refused(exc)
+    if refused:
+        cls = ConnectError
+    elif isinstance(exc, (requests.ConnectTimeout, urllib3.exceptions.ConnectTimeoutError)):
+        cls = ConnectTimeoutError
+    elif isinstance(exc, (requests.Timeout, urllib3.exceptions.TimeoutError, socket.timeout)):
+        cls = TransportTimeoutError
+    else:
+        cls = ConnectError
+    mapped = cls(f"{type(exc).__name__}: {exc}", request=request)
+    if refused:
+        mapped.request_sent = False
+    return mapped
+
+
+def _is_refused(exc: BaseException) -> bool:
+    """True when the failure happened before a connection existed (refused, DNS)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(
+            current,
+            (
+                urllib3.exceptions.NewConnectionError,
+                urllib3.exceptions.NameResolutionError,
+                ConnectionRefusedError,
+            ),
+        ):
+            return True
+        nested = current.args[0] if current.args else None
+        reason = getattr(current, "reason", None)
+        current = (
+            reason
+            if isinstance(reason, BaseException)
+            else (nested if isinstance(nested, BaseException) else current.__cause__)
+        )
+    return False

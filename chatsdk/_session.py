@@ -1,0 +1,126 @@
+"""ChatSession: a requests.Session bound to one ChatSDK base URL."""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import requests
+
+from chatsdk._adapter import ResilientAdapter
+from chatsdk._config import RetryPolicy
+from chatsdk._exceptions import ConfigurationError
+from chatsdk._version import __version__
+
+__all__ = ["DEFAULT_TIMEOUT", "ChatSession"]
+
+#: (connect, read) seconds used when the caller gives no timeout.
+DEFAULT_TIMEOUT: tuple[float, float] = (3.05, 30.0)
+
+API_KEY_HEADER = "X-API-Key"
+
+USER_AGENT = (
+    f"chatsdk/{__version__} python-requests/{requests.__version__} "
+    f"{platform.python_implementation()}/{platform.python_version()}"
+)
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    port = parts.port or {"http": 80, "https": 443}.get(scheme)
+    return scheme, (parts.hostname or "").lower(), port
+
+
+def normalize_base_url(base_url: object) -> str:
+    """Check a base URL (``http(s)://host[:port][/prefix]``) and end it with ``/``."""
+    if not isinstance(base_url, str) or not base_url.strip():
+        raise ConfigurationError("base_url must be a non-empty http(s) URL")
+    url = base_url.strip()
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigurationError(f"base_url must be an http(s) URL with a host, got {url!r}")
+    if parts.query or parts.fragment:
+        raise ConfigurationError("base_url must not have a query or fragment")
+    return url if url.endswith("/") else url + "/"
+
+
+class ChatSession(requests.Session):
+    """A :class:`requests.Session` for one ChatSDK server, with retries built in.
+
+    Relative URLs are joined to ``base_url``; the ``X-API-Key`` header goes only to the base
+    URL's origin (never to another host, nor across a redirect to another origin); a default
+    timeout applies when the caller gives none; :class:`ResilientAdapter` is mounted for
+    ``http://`` and ``https://``. Everything else behaves as in requests.
+
+    Args:
+        base_url: the server, e.g. ``"http://127.0.0.1:8800"``.
+        api_key: the API key (kept out of every repr, log and error).
+        retry: the retry policy (default :data:`chatsdk.DEFAULT_RETRY_POLICY`).
+        timeout: default ``(connect, read)`` seconds, or one number for both.
+        sleep: the adapter's sleep between attempts (inject for tests).
+        clock: the adapter's monotonic clock (inject for tests).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        *,
+        retry: RetryPolicy | None = None,
+        timeout: float | tuple[float, float] | None = None,
+        sleep: Callable[[float], None] | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        super().__init__()
+        self.base_url = normalize_base_url(base_url)
+        self._origin = _origin(self.base_url)
+        if api_key is not None and (not isinstance(api_key, str) or not api_key):
+            raise ConfigurationError("api_key must be a non-empty string")
+        self._api_key = api_key
+        self.timeout = DEFAULT_TIMEOUT if timeout is None else timeout
+        self.headers["User-Agent"] = USER_AGENT
+        options: dict[str, Any] = {}
+        if sleep is not None:
+            options["sleep"] = sleep
+        if clock is not None:
+            options["clock"] = clock
+        self.adapter = ResilientAdapter(retry, **options)
+        self.mount("http://", self.adapter)
+        self.mount("https://", self.adapter)
+
+    def __repr__(self) -> str:
+        return f"<ChatSession {self.base_url}>"
+
+    def same_origin(self, url: str) -> bool:
+        """True when ``url`` is on the base URL's scheme, host and port."""
+        return _origin(url) == self._origin
+
+    def request(
+        self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any
+    ) -> requests.Response:
+        """As :meth:`requests.Session.request`, with ``url`` relative to ``base_url``."""
+        if isinstance(url, bytes):
+            url = url.decode()
+        if "://" not in url:
+            url = urljoin(self.base_url, url.lstrip("/"))
+        if kwargs.get("timeout") is None and (len(args) < 7 or args[6] is None):
+            kwargs["timeout"] = self.timeout
+        return super().request(method, url, *args, **kwargs)
+
+    def prepare_request(self, request: requests.Request) -> requests.PreparedRequest:
+        """Prepare as requests does, adding the API key only for the base URL's origin."""
+        prepared = super().prepare_request(request)
+        if self._api_key is not None and self.same_origin(prepared.url or ""):
+            prepared.headers.setdefault(API_KEY_HEADER, self._api_key)
+        return prepared
+
+    def rebuild_auth(
+        self, prepared_request: requests.PreparedRequest, response: requests.Response
+    ) -> None:
+        """On a redirect, drop the API key unless the new URL is the base URL's origin."""
+        super().rebuild_auth(prepared_request, response)  # type: ignore[no-untyped-call]
+        if not self.same_origin(prepared_request.url or ""):
+            prepared_request.headers.pop(API_KEY_HEADER, None)

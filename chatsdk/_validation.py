@@ -1,0 +1,124 @@
+"""Argument checks of the wire contract (API.md), run before any I/O.
+
+Each check raises :class:`~chatsdk.ValidationError` naming the API field; the builders return
+the wire body so the client, the outbox and the deduplication window share one definition.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from chatsdk._exceptions import ValidationError
+from chatsdk._models import Attachment
+
+__all__ = [
+    "check_id",
+    "check_idempotency_key",
+    "check_limit",
+    "message_body",
+    "reaction_body",
+    "text_body",
+]
+
+_CHANNEL_RE = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+_KEY_RE = re.compile(r"[\x21-\x7e]{1,255}")
+MAX_TEXT = 4000
+MAX_ATTACHMENTS = 10
+MAX_REACTION = 64
+
+
+def _check_str(field: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise ValidationError(field, f"must be a string, got {type(value).__name__}")
+    return value
+
+
+def check_channel(value: object) -> str:
+    """A channel id: 1..128 chars of ``[A-Za-z0-9_.:-]``."""
+    text = _check_str("channelId", value)
+    if not _CHANNEL_RE.fullmatch(text):
+        raise ValidationError("channelId", "must be 1..128 characters of [A-Za-z0-9_.:-]")
+    return text
+
+
+def check_id(field: str, value: object) -> str:
+    """A message id: a non-empty string without ``/`` or control characters."""
+    text = _check_str(field, value)
+    if not text or len(text) > 255 or any(c == "/" or ord(c) < 0x20 for c in text):
+        raise ValidationError(field, "must be 1..255 characters, no '/' or control characters")
+    return text
+
+
+def check_text(value: object) -> str:
+    """Message text: 1..4000 characters after stripping, no NUL."""
+    text = _check_str("text", value)
+    if "\x00" in text:
+        raise ValidationError("text", "must not contain NUL characters")
+    if not 1 <= len(text.strip()) <= MAX_TEXT:
+        raise ValidationError("text", f"must be 1..{MAX_TEXT} characters after stripping")
+    return text
+
+
+def check_idempotency_key(value: object) -> str:
+    """An ``Idempotency-Key``: 1..255 visible ASCII characters."""
+    text = _check_str("idempotencyKey", value)
+    if not _KEY_RE.fullmatch(text):
+        raise ValidationError("idempotencyKey", "must be 1..255 visible ASCII characters")
+    return text
+
+
+def check_limit(value: object) -> int:
+    """A page size: an int in 1..200."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 200:
+        raise ValidationError("limit", f"must be an int in 1..200, got {value!r}")
+    return value
+
+
+def _attachment(index: int, item: object) -> dict[str, Any]:
+    field = f"attachments[{index}]"
+    if isinstance(item, Attachment):
+        item = item.to_json()
+    if not isinstance(item, Mapping):
+        raise ValidationError(field, "must be an Attachment or a mapping")
+    for key in ("type", "url"):
+        if not isinstance(item.get(key), str) or not item[key]:
+            raise ValidationError(f"{field}.{key}", "must be a non-empty string")
+    name = item.get("name")
+    if name is not None and not isinstance(name, str):
+        raise ValidationError(f"{field}.name", "must be a string or None")
+    return {"type": item["type"], "url": item["url"], "name": name}
+
+
+def message_body(
+    channel_id: object,
+    text: object,
+    attachments: Iterable[Attachment | Mapping[str, Any]] = (),
+    parent_id: object = None,
+) -> dict[str, Any]:
+    """The wire body of ``POST /api/messages``, validated."""
+    if isinstance(attachments, (str, bytes, Mapping)):
+        raise ValidationError("attachments", "must be a sequence of attachments")
+    items = [_attachment(i, a) for i, a in enumerate(attachments)]
+    if len(items) > MAX_ATTACHMENTS:
+        raise ValidationError("attachments", f"at most {MAX_ATTACHMENTS} allowed")
+    return {
+        "channelId": check_channel(channel_id),
+        "text": check_text(text),
+        "attachments": items,
+        "parentId": None if parent_id is None else check_id("parentId", parent_id),
+    }
+
+
+def reaction_body(message_id: object, reaction: object) -> dict[str, Any]:
+    """The wire body of ``POST /api/reactions``, validated."""
+    text = _check_str("reaction", reaction)
+    if not 1 <= len(text) <= MAX_REACTION:
+        raise ValidationError("reaction", f"must be 1..{MAX_REACTION} characters")
+    return {"messageId": check_id("messageId", message_id), "reaction": text}
+
+
+def text_body(text: object) -> dict[str, Any]:
+    """The wire body of ``PATCH /api/messages/{id}``, validated."""
+    return {"text": check_text(text)}

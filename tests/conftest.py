@@ -1,0 +1,42 @@
+"""Shared fixtures: injected time, so no test waits for real."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest_plugins = ("chatsdk.testing.pytest_plugin",)
+
+
+class FakeClock:
+    """A monotonic clock that only moves when told to (or when FakeSleep sleeps)."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class FakeSleep:
+    """Records requested sleeps and advances a FakeClock instead of waiting."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.calls: list[float] = []
+
+    def __call__(self, seconds: float) -> None:
+        self.calls.append(seconds)
+        self.clock.advance(seconds)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def sleep(clock: FakeClock) -> FakeSleep:
+    return FakeSleep(clock)
