@@ -1,0 +1,595 @@
+"""RealtimeClient: a Centrifugo (protocol v2, JSON) client on websocket-client threads.
+
+Threads:
+
+- the *socket thread* owns the reconnect loop and, for each attempt, one
+  ``websocket.WebSocket`` that it reads itself (so it sees the Close frame's code, answers
+  pings at once and is the only reader of a connection); the protocol session of each
+  connection lives in :mod:`chatsdk._connection`;
+- the *dispatch thread* (:mod:`chatsdk._dispatch`) runs every application callback, in order;
+- short-lived *refresh threads* fetch a new token before the connection's ``ttl`` ends, so a
+  slow token endpoint never delays the reader.
+
+Only one connection is live at a time: attempts are made one after the other by the socket
+thread, and anything tied to an older connection (a late refresh, a timer) is dropped.
+
+Reconnect policy: the n-th consecutive reconnect waits
+``min(max, min + U(0, min(max, min * 2**min(n, 30))))``; the first reconnect after a working
+connection was closed by a restart or dropped (3001, 1001, 1006, 1012) waits
+``U(0, restart_spread)`` instead, so that many clients do not return in the same instant;
+``n`` resets once a connection stayed up ``stable_after`` seconds. Final close codes
+(3500-3999, 4500-4999) and final connect errors stop the client.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import logging
+import random as _random
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+import websocket
+
+from chatsdk._connection import (
+    CODE_TOKEN_ERROR,
+    Connection,
+    Counters,
+    Outcome,
+    RealtimeStats,
+    Session,
+    reconnect_delay,
+)
+from chatsdk._dispatch import Dispatcher
+from chatsdk._exceptions import (
+    CircuitBreakerOpenError,
+    ConfigurationError,
+    ForbiddenError,
+    RealtimeError,
+    UnauthorizedError,
+    ValidationError,
+)
+from chatsdk._subscription import (
+    PublicationCallback,
+    RecoveryFailedCallback,
+    StreamPosition,
+    Subscription,
+    SubscriptionState,
+)
+from chatsdk._version import __version__
+
+if TYPE_CHECKING:
+    from chatsdk._events import ChatEvent
+
+log = logging.getLogger(__name__)
+
+#: Close codes of a working connection after which the first reconnect is spread over
+#: ``U(0, restart_spread)``: server shutdown/restart or a dropped transport.
+RESTART_CODES = frozenset({3001, 1001, 1006, 1012})
+#: A drop within this many seconds of opening counts as a breaker failure.
+BREAKER_HEALTHY_AFTER = 5.0
+_MAX_READ_SLICE = 0.25
+
+
+class RealtimeState(enum.Enum):
+    """The client's connection state."""
+
+    DISCONNECTED = "disconnected"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    SUSPENDED = "suspended"
+    CLOSED = "closed"
+
+
+def is_final_close_code(code: int) -> bool:
+    """True for close codes that forbid reconnecting (3500-3999 and 4500-4999)."""
+    return 3500 <= code <= 3999 or 4500 <= code <= 4999
+
+
+class _Permit(Protocol):
+    def success(self) -> None: ...  # pragma: no cover - protocol
+    def failure(self) -> None: ...  # pragma: no cover - protocol
+    def release(self) -> None: ...  # pragma: no cover - protocol
+
+
+class BreakerLike(Protocol):
+    """What the client needs of a circuit breaker (:class:`chatsdk.CircuitBreaker` fits)."""
+
+    def acquire(self) -> _Permit: ...  # pragma: no cover - protocol
+
+
+class RealtimeClient:
+    """A realtime client that stays connected and delivers every publication once, in order.
+
+    Args:
+        url: ``ws(s)://host:port/connection/websocket``.
+        token: a fixed connection token.
+        get_token: called before every connection attempt (and to refresh before ``ttl``).
+        min_reconnect_delay: the backoff's smallest delay, seconds.
+        max_reconnect_delay: the backoff's largest delay, seconds.
+        restart_spread: the first reconnect after a working connection was closed by a
+            restart or dropped (3001, 1001, 1006, 1012) waits ``U(0, restart_spread)``.
+        stable_after: a connection up this long resets the backoff.
+        suspend_after: after this many consecutive attempts that never connected the state
+            is ``suspended`` (it keeps trying).
+        max_reconnect_attempts: give up after this many such attempts (``None``: never).
+        timeout: seconds for the WebSocket handshake and for each command's reply.
+        ping_grace: no frame for ``ping + ping_grace`` seconds means the connection is dead.
+        breaker: a circuit breaker (``ws:`` name) guarding connection attempts.
+        on_state_change: ``on_state_change(old, new)``, run on the dispatch thread.
+        clock: monotonic clock (tests).
+        random: the jitter's source of randomness (tests).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        get_token: Callable[[], str] | None = None,
+        min_reconnect_delay: float = 0.1,
+        max_reconnect_delay: float = 10.0,
+        restart_spread: float = 0.8,
+        stable_after: float = 5.0,
+        suspend_after: int = 5,
+        max_reconnect_attempts: int | None = None,
+        timeout: float = 5.0,
+        ping_grace: float = 10.0,
+        breaker: BreakerLike | None = None,
+        on_state_change: Callable[[RealtimeState, RealtimeState], object] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        random: _random.Random | None = None,
+    ) -> None:
+        if not isinstance(url, str) or not url.startswith(("ws://", "wss://")):
+            raise ConfigurationError(f"realtime url must start with ws:// or wss://: {url!r}")
+        if min_reconnect_delay < 0 or max_reconnect_delay < min_reconnect_delay:
+            raise ConfigurationError("need 0 <= min_reconnect_delay <= max_reconnect_delay")
+        if restart_spread < 0 or stable_after < 0 or ping_grace < 0 or timeout <= 0:
+            raise ConfigurationError("delays must be >= 0 and timeout > 0")
+        if suspend_after < 1 or (max_reconnect_attempts is not None
+                                 and max_reconnect_attempts < 1):
+            raise ConfigurationError("suspend_after and max_reconnect_attempts must be >= 1")
+        self.url = url
+        self._token = token or ""
+        self._get_token = get_token
+        self._min_delay = float(min_reconnect_delay)
+        self._max_delay = float(max_reconnect_delay)
+        self._restart_spread = float(restart_spread)
+        self._stable_after = float(stable_after)
+        self._suspend_after = suspend_after
+        self._max_attempts = max_reconnect_attempts
+        self._timeout = float(timeout)
+        self._breaker = breaker
+        self._on_state_change = on_state_change
+        self._clock = clock
+        self._rng = random if random is not None else _random.Random()
+
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)
+        self._closing = threading.Event()
+        self._state = RealtimeState.DISCONNECTED
+        self._running = False
+        self._thread: threading.Thread | None = None
+        self._helpers: list[threading.Thread] = []
+        self._dispatcher = Dispatcher()
+        self._conn: Connection | None = None
+        self._subs: dict[str, Subscription] = {}
+        self._listeners: list[Callable[[], object]] = []
+        self._error: RealtimeError | None = None
+        self._counters = Counters()
+        self._step = 0  # consecutive reconnects (backoff exponent)
+        self._unconnected = 0  # consecutive attempts that never reached connected
+        self._session = Session(
+            lock=self._lock, subs=self._subs, dispatcher=self._dispatcher,
+            counters=self._counters, clock=clock, rng=self._rng, timeout=self._timeout,
+            ping_grace=float(ping_grace), min_delay=self._min_delay,
+            max_delay=self._max_delay, get_token=get_token, on_connected=self._on_connected,
+            spawn=self._spawn,
+        )
+
+    # ---------------------------------------------------------------- public API ----
+
+    @property
+    def state(self) -> RealtimeState:
+        """The current state."""
+        return self._state
+
+    @property
+    def last_close_code(self) -> int | None:
+        """Why the last connection ended (see :class:`RealtimeStats`)."""
+        return self._counters.last_code
+
+    @property
+    def last_close_reason(self) -> str:
+        """The reason text matching :attr:`last_close_code`."""
+        return self._counters.last_reason
+
+    @property
+    def error(self) -> RealtimeError | None:
+        """Why the client stopped on its own (a final code, or attempts ran out)."""
+        return self._error
+
+    def stats(self) -> RealtimeStats:
+        """A snapshot of the counters."""
+        with self._lock:
+            return self._counters.snapshot()
+
+    def add_reconnect_listener(self, listener: Callable[[], object]) -> None:
+        """Call ``listener()`` (on the dispatch thread) each time a connection is ready.
+
+        Meant to wake the outbox drainer: connected again usually means the network is back.
+        """
+        with self._lock:
+            self._listeners.append(listener)
+
+    def connect(self) -> None:
+        """Start connecting in the background and return at once.
+
+        Also restarts a client that stopped on its own (final code, attempts ran out).
+
+        Raises:
+            RealtimeError: the client was closed.
+        """
+        with self._lock:
+            if self._state is RealtimeState.CLOSED:
+                raise RealtimeError("the realtime client is closed")
+            if self._running:
+                return
+            previous = self._thread
+        if previous is not None and previous is not threading.current_thread():
+            previous.join()
+        with self._lock:
+            if self._running or self._closed():
+                return
+            self._running = True
+            self._closing.clear()
+            self._error = None
+            self._step = 0
+            self._unconnected = 0
+            self._dispatcher.start()
+            self._set_state(RealtimeState.CONNECTING)
+            self._thread = threading.Thread(target=self._run, name="chatsdk-realtime",
+                                            daemon=True)
+            self._thread.start()
+
+    def wait_connected(self, timeout: float | None = None) -> bool:
+        """Block until connected; False on timeout or when the client stopped or closed."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._changed:
+            while self._state is not RealtimeState.CONNECTED:
+                if self._state is RealtimeState.CLOSED or not self._running:
+                    return False
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._changed.wait(remaining)
+            return True
+
+    def close(self) -> None:
+        """Close the connection and end every thread (within 1 s, or ``timeout`` while a
+        handshake is in progress). The client cannot be reused."""
+        with self._lock:
+            if self._state is RealtimeState.CLOSED:
+                return
+            self._closing.set()
+            conn = self._conn
+            thread = self._thread
+            if conn is not None:
+                conn.live = False
+                _close_socket(conn.ws, 1000, "client closed")
+        started = time.monotonic()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(self._timeout + 1.0)
+        with self._lock:
+            for sub in self._subs.values():
+                sub.mark_unsubscribed()
+            self._subs.clear()
+            self._set_state(RealtimeState.CLOSED)
+            helpers = list(self._helpers)
+        self._dispatcher.stop(max(0.1, 1.0 - (time.monotonic() - started)))
+        for helper in helpers:
+            helper.join(0.1)
+
+    def __enter__(self) -> RealtimeClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def subscribe(
+        self,
+        channel: str,
+        on_publication: PublicationCallback,
+        *,
+        on_recovery_failed: RecoveryFailedCallback | None = None,
+        since: StreamPosition | None = None,
+    ) -> Subscription:
+        """Subscribe to ``channel``; kept (and recovered) across reconnects.
+
+        Args:
+            channel: the realtime channel (``chat:42``).
+            on_publication: gets every :class:`Publication` once, in order, on the dispatch
+                thread.
+            on_recovery_failed: ``on_recovery_failed(channel)`` when missed publications
+                could not be recovered (reload from the REST API); the stream goes on.
+            since: resume after this position (e.g. a previous run's ``position``).
+
+        Raises:
+            ValidationError: already subscribed to ``channel``, or an empty channel.
+            RealtimeError: the client is closed.
+        """
+        if not isinstance(channel, str) or not channel:
+            raise ValidationError("channel", "must be a non-empty string")
+        with self._lock:
+            if self._state is RealtimeState.CLOSED:
+                raise RealtimeError("the realtime client is closed")
+            if channel in self._subs:
+                raise ValidationError("channel", f"already subscribed to {channel}")
+            sub = Subscription(channel, on_publication, on_recovery_failed=on_recovery_failed,
+                               since=since, unsubscribe_hook=self._unsubscribe)
+            self._subs[channel] = sub
+            conn = self._conn
+            if conn is not None and conn.usable:
+                conn.subscribe(sub)
+            else:
+                sub.connection_lost()  # waits for the next connect
+        return sub
+
+    def subscribe_channel(
+        self,
+        channel_id: str,
+        on_event: Callable[[ChatEvent], object],
+        *,
+        on_recovery_failed: Callable[[str], object] | None = None,
+        since: StreamPosition | None = None,
+    ) -> Subscription:
+        """Subscribe to chat channel ``channel_id`` (realtime ``chat:<id>``) with typed events.
+
+        ``on_event`` receives a :class:`MessageEvent` or :class:`ReactionEvent` per
+        publication (data that is not a chat event is logged and skipped).
+        """
+        from chatsdk._events import event_handler  # noqa: PLC0415 - models load lazily
+
+        return self.subscribe(f"chat:{channel_id}", event_handler(channel_id, on_event),
+                              on_recovery_failed=on_recovery_failed, since=since)
+
+    def subscriptions(self) -> list[Subscription]:
+        """The active subscriptions."""
+        with self._lock:
+            return list(self._subs.values())
+
+    # ---------------------------------------------------------------- internals ----
+
+    def _closed(self) -> bool:
+        return self._state is RealtimeState.CLOSED
+
+    def _set_state(self, new: RealtimeState) -> None:
+        with self._lock:
+            old = self._state
+            if old is new or old is RealtimeState.CLOSED:
+                return
+            self._state = new
+            self._changed.notify_all()
+            log.debug("realtime state %s -> %s", old.value, new.value)
+            if self._on_state_change is not None:
+                self._dispatcher.submit(self._on_state_change, old, new)
+
+    def _on_connected(self, conn: Connection) -> None:
+        self._unconnected = 0
+        self._set_state(RealtimeState.CONNECTED)
+        for listener in self._listeners:
+            self._dispatcher.submit(listener)
+
+    def _spawn(self, fn: Callable[[], None]) -> None:
+        self._helpers = [t for t in self._helpers if t.is_alive()]
+        thread = threading.Thread(target=fn, name="chatsdk-realtime-refresh", daemon=True)
+        self._helpers.append(thread)
+        thread.start()
+
+    def _unsubscribe(self, sub: Subscription) -> None:
+        with self._lock:
+            if self._subs.get(sub.channel) is sub:
+                del self._subs[sub.channel]
+            was = sub.state
+            sub.mark_unsubscribed()
+            conn = self._conn
+            if conn is not None and conn.usable and was is not SubscriptionState.UNSUBSCRIBED:
+                conn.unsubscribe(sub.channel)
+
+    # -- the socket thread ---------------------------------------------------------------
+
+    def _run(self) -> None:
+        delay: float | None = None
+        try:
+            while not self._closing.is_set():
+                if delay is not None:
+                    with self._lock:
+                        self._counters.delays.append(delay)
+                    if self._closing.wait(delay):
+                        break
+                permit: _Permit | None = None
+                if self._breaker is not None:
+                    try:
+                        permit = self._breaker.acquire()
+                    except CircuitBreakerOpenError as exc:
+                        log.info("realtime breaker %s is open; waiting %.2fs",
+                                 exc.name, exc.retry_after)
+                        delay = max(exc.retry_after, 0.01)
+                        continue
+                outcome = self._attempt(permit)
+                if self._closing.is_set():
+                    break
+                delay = self._after_attempt(outcome)
+                if delay is None:
+                    break
+        except Exception:  # a bug must not leave a zombie client in CONNECTING
+            log.exception("the realtime socket thread failed")
+            self._stop_on_error(RealtimeError("the realtime socket thread failed"))
+        finally:
+            with self._lock:
+                self._running = False
+                self._changed.notify_all()
+
+    def _after_attempt(self, outcome: Outcome) -> float | None:
+        """Decide what follows an ended connection: the delay, or ``None`` to stop."""
+        with self._lock:
+            self._counters.last_code = outcome.code
+            self._counters.last_reason = outcome.reason
+        if outcome.final:
+            self._stop_on_error(RealtimeError(
+                f"realtime connection closed for good: {outcome.code} {outcome.reason}",
+                code=outcome.code))
+            return None
+        if outcome.connected_for is not None:
+            if outcome.connected_for >= self._stable_after:
+                self._step = 0
+            if outcome.code in RESTART_CODES:
+                delay = self._rng.uniform(0.0, self._restart_spread)
+            else:
+                delay = reconnect_delay(self._step, self._min_delay, self._max_delay, self._rng)
+                self._step += 1
+            self._set_state(RealtimeState.CONNECTING)
+            return delay
+        self._unconnected += 1
+        if self._max_attempts is not None and self._unconnected >= self._max_attempts:
+            self._stop_on_error(RealtimeError(
+                f"gave up after {self._unconnected} attempts "
+                f"(last: {outcome.code} {outcome.reason})", code=outcome.code))
+            return None
+        delay = reconnect_delay(self._step, self._min_delay, self._max_delay, self._rng)
+        self._step += 1
+        self._set_state(RealtimeState.SUSPENDED if self._unconnected >= self._suspend_after
+                        else RealtimeState.CONNECTING)
+        return delay
+
+    def _stop_on_error(self, error: RealtimeError) -> None:
+        log.warning("realtime client stopped: %s", error)
+        with self._lock:
+            self._error = error
+            self._set_state(RealtimeState.DISCONNECTED)
+
+    def _attempt(self, permit: _Permit | None) -> Outcome:
+        with self._lock:
+            self._counters.attempts += 1
+        outcome = self._open_and_read(permit)
+        if permit is not None:
+            if self._closing.is_set() and not outcome.handshake_failed:
+                permit.release()
+            elif outcome.handshake_failed or outcome.opened_for < BREAKER_HEALTHY_AFTER:
+                permit.failure()
+            else:
+                permit.success()
+        return outcome
+
+    def _open_and_read(self, permit: _Permit | None) -> Outcome:
+        try:
+            token = self._get_token() if self._get_token is not None else self._token
+        except (UnauthorizedError, ForbiddenError) as exc:
+            return Outcome(code=CODE_TOKEN_ERROR, reason=f"token refused: {exc}", final=True)
+        except Exception as exc:
+            log.warning("realtime token fetch failed: %s", exc)
+            return Outcome(code=CODE_TOKEN_ERROR, reason=f"token fetch failed: {exc}",
+                           handshake_failed=True)
+        if self._closing.is_set():
+            return Outcome(code=1000, reason="client closed")
+        ws: Any = websocket.WebSocket(enable_multithread=True)
+        try:
+            ws.connect(self.url, timeout=self._timeout)  # bounded: it cannot be interrupted
+        except Exception as exc:
+            ws.shutdown()
+            log.info("realtime handshake with %s failed: %r", self.url, exc)
+            return Outcome(code=1006, reason=f"handshake failed: {exc}", handshake_failed=True)
+        with self._lock:
+            if self._closing.is_set():
+                ws.shutdown()
+                return Outcome(code=1000, reason="client closed")
+            conn = Connection(self._session, ws)
+            self._conn = conn
+            conn.send_connect(token, "chatsdk", __version__)
+        try:
+            outcome = self._read(conn, ws, permit)
+        finally:
+            with self._lock:
+                conn.live = False
+                self._conn = None
+                for sub in self._subs.values():
+                    sub.connection_lost()
+            ws.shutdown()
+        now = self._clock()
+        outcome.opened_for = now - conn.opened_at
+        if conn.connected_at is not None:
+            outcome.connected_for = now - conn.connected_at
+        return outcome
+
+    def _read(self, conn: Connection, ws: Any, permit: _Permit | None) -> Outcome:
+        permit_settled = permit is None
+        while True:
+            with self._lock:
+                wait = conn.check_deadlines()
+                ending = conn.ending
+                if ending is None and conn.connected_at is not None:
+                    now = self._clock()
+                    if self._step and now - conn.connected_at >= self._stable_after:
+                        self._step = 0  # stable: the next drop starts the backoff over
+                    if not permit_settled and now - conn.opened_at >= BREAKER_HEALTHY_AFTER:
+                        permit_settled = True
+                        if permit is not None:
+                            permit.success()
+            if ending is not None:
+                _close_socket(ws, 1000, ending.reason)
+                return ending
+            if self._closing.is_set():
+                return Outcome(code=1000, reason="client closed")
+            slice_ = _MAX_READ_SLICE if wait is None else min(_MAX_READ_SLICE, wait)
+            try:
+                ws.settimeout(max(0.005, slice_))
+                opcode, frame = ws.recv_data_frame(True)
+            except websocket.WebSocketTimeoutException:
+                continue
+            except Exception as exc:
+                if self._closing.is_set():
+                    return Outcome(code=1000, reason="client closed")
+                return Outcome(code=1006, reason=f"connection lost: {exc!r}")
+            if opcode == websocket.ABNF.OPCODE_CLOSE:
+                code, reason = parse_close_frame(frame.data)
+                return Outcome(code=code, reason=reason, final=is_final_close_code(code))
+            if opcode in (websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY):
+                conn.handle_frame(frame.data)
+            else:
+                with self._lock:
+                    conn.last_recv = self._clock()  # a WebSocket-level ping is life too
+
+
+def parse_close_frame(data: bytes) -> tuple[int, str]:
+    """The status code and reason of a Close frame's payload (1005 when it has none)."""
+    if len(data) < 2:
+        return 1005, ""
+    code = int.from_bytes(data[:2], "big")
+    return code, data[2:].decode("utf-8", errors="replace")
+
+
+def _close_socket(ws: Any, code: int, reason: str) -> None:
+    """Send a Close frame if possible and wake a reader blocked on the socket."""
+    try:
+        if ws.connected:
+            ws.send_close(code, reason[:60])
+    except Exception as exc:
+        log.debug("realtime close frame not sent: %r", exc)
+    sock = getattr(ws, "sock", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+__all__ = [
+    "BreakerLike",
+    "RealtimeClient",
+    "RealtimeState",
+    "RealtimeStats",
+    "is_final_close_code",
+    "parse_close_frame",
+]
