@@ -10,6 +10,7 @@ applies ``drop_after`` (the answer is committed, then the connection is reset).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 import hmac
 import json
@@ -44,9 +45,20 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Publish = Callable[[str, dict[str, Any]], None]
 
-_DELAY = "chatsdk.delay"
-_API_KEY = "chatsdk.api_key"
-_USER = "chatsdk.user"
+
+
+class _RequestContext:
+    """Per-request state set by the middleware (one asyncio task runs both)."""
+
+    __slots__ = ("api_key", "delay", "user")
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.api_key = ""
+        self.user = ""
+
+
+_CONTEXT: contextvars.ContextVar[_RequestContext] = contextvars.ContextVar("chatsdk_request")
 _HTML_ERROR = (
     "<html><head><title>{status}</title></head><body><center><h1>{status}</h1></center>"
     "<hr><center>nginx</center></body></html>"
@@ -134,12 +146,13 @@ class RestApi:
         early = await self._early_fault(request, decision)
         if early is not None:
             return early
-        request[_DELAY] = decision.delay
+        context = _RequestContext(decision.delay)
+        _CONTEXT.set(context)
         if decision.delay > 0:
             self._counters.inc("fault.delay")
         try:
             if not health:
-                self._authenticate(request)
+                self._authenticate(request, context)
             if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
                 raise ApiError(413, f"body: larger than {MAX_BODY_BYTES} bytes")
             response = await handler(request)
@@ -151,8 +164,8 @@ class RestApi:
             if exc.status < 400:
                 raise
             code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "error")
-            response = _json_response(exc.status, error_body(code, exc.reason), dict(exc.headers))
-            response.headers["Content-Type"] = "application/json; charset=utf-8"
+            headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+            response = _json_response(exc.status, error_body(code, exc.reason), headers)
         self._counters.inc(f"status.{response.status}")
         if decision.kind == "drop_after":
             self._counters.inc("fault.drop_after")
@@ -191,7 +204,7 @@ class RestApi:
         error = ApiError(decision.status, messages[decision.status], headers=headers)
         return _error_response(error)
 
-    def _authenticate(self, request: web.Request) -> None:
+    def _authenticate(self, request: web.Request, context: _RequestContext) -> None:
         key = request.headers.get("X-API-Key")
         if not key:
             raise ApiError(401, "missing X-API-Key header")
@@ -199,14 +212,14 @@ class RestApi:
             raise ApiError(403, "this API key may not use this API")
         if not any(hmac.compare_digest(key, k) for k in self._api_keys):
             raise ApiError(401, "invalid API key")
-        request[_API_KEY] = key
-        request[_USER] = user_id_for(key)
+        context.api_key = key
+        context.user = user_id_for(key)
 
     # -- helpers -----------------------------------------------------------------------
 
     async def _work(self, request: web.Request) -> None:
         """Injected processing latency, at the point where the request is processed."""
-        delay = request.get(_DELAY, 0.0)
+        delay = _CONTEXT.get().delay
         if delay > 0:
             await asyncio.sleep(delay)
 
@@ -235,7 +248,7 @@ class RestApi:
         fingerprint = hashlib.sha256(
             f"{request.method} {request.path}\n{canonical}".encode()
         ).hexdigest()
-        scope = (request[_API_KEY], key)
+        scope = (_CONTEXT.get().api_key, key)
         outcome, status, stored = self._store.idempotency_begin(scope, fingerprint)
         if outcome == "replay":
             self._counters.inc("replays")
@@ -246,6 +259,7 @@ class RestApi:
         if outcome == "mismatch":
             self._counters.inc("key_reused")
             raise ApiError(422, "this Idempotency-Key was used with a different request body")
+        self._counters.inc("idempotency_reserved")
         try:
             await self._work(request)
             status, answer = action()
@@ -263,7 +277,7 @@ class RestApi:
     async def _create_message(self, request: web.Request) -> web.Response:
         body = await self._json(request)
         fields = validate_message_create(body)
-        user = request[_USER]
+        user = _CONTEXT.get().user
 
         def create() -> tuple[int, dict[str, Any]]:
             message = self._store.create_message(fields, user)
@@ -314,7 +328,7 @@ class RestApi:
     async def _create_reaction(self, request: web.Request) -> web.Response:
         body = await self._json(request)
         message_id, reaction = validate_reaction_create(body)
-        user = request[_USER]
+        user = _CONTEXT.get().user
 
         def create() -> tuple[int, dict[str, Any]]:
             added = self._store.add_reaction(message_id, reaction, user)
@@ -337,7 +351,7 @@ class RestApi:
         await self._work(request)
         if not self._store.message_exists(message_id):
             raise ApiError(404, f"no message {message_id!r}")
-        removed = self._store.remove_reaction(message_id, reaction, request[_USER])
+        removed = self._store.remove_reaction(message_id, reaction, _CONTEXT.get().user)
         if removed is not None:
             channel = self._store.channel_of(message_id)
             self._publish(f"chat:{channel}", {"type": "reaction.removed", "reaction": removed})
@@ -345,7 +359,7 @@ class RestApi:
 
     async def _realtime_token(self, request: web.Request) -> web.Response:
         await self._work(request)
-        token, expires_at = self._store.issue_token(request[_USER], self._token_ttl())
+        token, expires_at = self._store.issue_token(_CONTEXT.get().user, self._token_ttl())
         self._counters.inc("tokens_issued")
         return _json_response(
             200,

@@ -136,9 +136,7 @@ class ReferenceServer:
             if self._loop is not None:
                 raise RuntimeError("ReferenceServer is already running")
             if not keep_state or self._streams is None:
-                self._streams = Streams(
-                    history_size=self._history_size, history_ttl=self._history_ttl
-                )
+                self._streams = self._new_streams()
             loop = asyncio.new_event_loop()
             thread = threading.Thread(
                 target=loop.run_forever, name="chatsdk-reference-server", daemon=True
@@ -168,6 +166,11 @@ class ReferenceServer:
     def close(self) -> None:
         """Same as :meth:`stop`."""
         self.stop()
+
+    def _new_streams(self) -> Streams:
+        return Streams(
+            history_size=self._history_size, history_ttl=self._history_ttl, clock=self._store.now
+        )
 
     def _shutdown_loop(self) -> None:
         loop, thread = self._loop, self._thread
@@ -331,9 +334,7 @@ class ReferenceServer:
         """Publish ``data`` on a realtime channel (e.g. ``"chat:42"``); returns its offset."""
         if self._loop is None:
             if self._streams is None:
-                self._streams = Streams(
-                    history_size=self._history_size, history_ttl=self._history_ttl
-                )
+                self._streams = self._new_streams()
             return self._streams.append(channel, data).offset
         return self._in_loop(lambda endpoint: endpoint.publish(channel, data))
 
