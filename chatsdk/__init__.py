@@ -46,7 +46,6 @@ from chatsdk._session import ChatSession
 from chatsdk._version import __version__
 
 __all__ = [
-    "DEFAULT_RETRY_POLICY",
     "APIError",
     "Attachment",
     "BadRequestError",
@@ -59,6 +58,7 @@ __all__ = [
     "ConflictError",
     "ConnectError",
     "ConnectTimeoutError",
+    "DEFAULT_RETRY_POLICY",
     "ForbiddenError",
     "IdempotencyKeyInUseError",
     "IdempotencyKeyReusedError",

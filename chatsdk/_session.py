@@ -5,7 +5,7 @@ from __future__ import annotations
 import platform
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlsplit
 
 import requests
 
@@ -77,6 +77,9 @@ class ChatSession(requests.Session):
         super().__init__()
         self.base_url = normalize_base_url(base_url)
         self._origin = _origin(self.base_url)
+        parts = urlsplit(self.base_url)
+        # URLs under this prefix are on the base origin without parsing them again.
+        self._origin_prefix = f"{parts.scheme}://{parts.netloc}/"
         if api_key is not None and (not isinstance(api_key, str) or not api_key):
             raise ConfigurationError("api_key must be a non-empty string")
         self._api_key = api_key
@@ -96,7 +99,7 @@ class ChatSession(requests.Session):
 
     def same_origin(self, url: str) -> bool:
         """True when ``url`` is on the base URL's scheme, host and port."""
-        return _origin(url) == self._origin
+        return url.startswith(self._origin_prefix) or _origin(url) == self._origin
 
     def request(
         self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any
@@ -105,7 +108,7 @@ class ChatSession(requests.Session):
         if isinstance(url, bytes):
             url = url.decode()
         if "://" not in url:
-            url = urljoin(self.base_url, url.lstrip("/"))
+            url = self.base_url + url.lstrip("/")
         if kwargs.get("timeout") is None and (len(args) < 7 or args[6] is None):
             kwargs["timeout"] = self.timeout
         return super().request(method, url, *args, **kwargs)
