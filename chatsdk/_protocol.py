@@ -228,7 +228,9 @@ def _parse_push(push: Any) -> Item:
             raise ProtocolViolation("publication push without a channel")
         return PublicationPush(channel=channel, pub=parse_publication(push["pub"]))
     if "unsubscribe" in push:
-        body = _get_obj(push, "unsubscribe") or {}
+        body = push["unsubscribe"]
+        if not isinstance(body, dict):
+            raise ProtocolViolation("'unsubscribe' must be an object")
         if not channel:
             raise ProtocolViolation("unsubscribe push without a channel")
         return UnsubscribePush(
