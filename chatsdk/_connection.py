@@ -74,6 +74,8 @@ class RealtimeStats:
         last_close_code: why the last connection ended (a close code, a protocol error
             code, or a client-side code below 1000: 2 no ping, 3 reply timeout, 4 token).
         last_close_reason: the matching reason text.
+        last_error: why the last attempt that opened no connection failed (handshake,
+            token endpoint), or "".
         reconnect_delays: the delays waited before reconnects (the latest 1000).
         recoveries: subscribe replies that filled a gap (``recovered: true``).
         recovery_failures: subscribe replies that could not (``on_recovery_failed``).
@@ -88,6 +90,7 @@ class RealtimeStats:
     connects: int
     last_close_code: int | None
     last_close_reason: str
+    last_error: str
     reconnect_delays: tuple[float, ...]
     recoveries: int
     recovery_failures: int
@@ -106,6 +109,7 @@ class Counters:
     connects: int = 0
     last_code: int | None = None
     last_reason: str = ""
+    last_error: str = ""
     delays: deque[float] = attrs.field(factory=lambda: deque(maxlen=_KEPT_DELAYS))
     recoveries: int = 0
     recovery_failures: int = 0
@@ -119,7 +123,8 @@ class Counters:
         """A frozen copy."""
         return RealtimeStats(
             attempts=self.attempts, connects=self.connects, last_close_code=self.last_code,
-            last_close_reason=self.last_reason, reconnect_delays=tuple(self.delays),
+            last_close_reason=self.last_reason, last_error=self.last_error,
+            reconnect_delays=tuple(self.delays),
             recoveries=self.recoveries, recovery_failures=self.recovery_failures,
             duplicates_dropped=self.duplicates, gaps=self.gaps, dropped_lines=self.dropped,
             pings=self.pings, pongs=self.pongs,

@@ -30,7 +30,7 @@ import random as _random
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 import websocket
@@ -49,6 +49,7 @@ from chatsdk._exceptions import (
     CircuitBreakerOpenError,
     ConfigurationError,
     ForbiddenError,
+    InvalidResponseError,
     RealtimeError,
     UnauthorizedError,
     ValidationError,
@@ -190,6 +191,35 @@ class RealtimeClient:
             max_delay=self._max_delay, get_token=get_token, on_connected=self._on_connected,
             spawn=self._spawn,
         )
+
+    @classmethod
+    def from_token_source(
+        cls, fetch: Callable[[], Mapping[str, Any]], *, url: str | None = None, **options: Any
+    ) -> RealtimeClient:
+        """Build a client from a token endpoint (``POST /api/realtime/token``).
+
+        ``fetch()`` returns the endpoint's body ``{"token", "url", "expiresAt"}``. It is
+        called once now (for the URL; that token serves the first attempt) and again by
+        ``get_token`` before every later attempt and refresh.
+
+        Args:
+            fetch: returns one token body.
+            url: overrides the body's ``url``.
+            **options: the other :class:`RealtimeClient` arguments.
+
+        Raises:
+            InvalidResponseError: the body has no string ``token`` or ``url``.
+        """
+        first = _token_body(fetch())
+        cached = [first[0]]
+
+        def get_token() -> str:
+            try:
+                return cached.pop()
+            except IndexError:
+                return _token_body(fetch())[0]
+
+        return cls(url or first[1], get_token=get_token, **options)
 
     # ---------------------------------------------------------------- public API ----
 
@@ -437,8 +467,11 @@ class RealtimeClient:
     def _after_attempt(self, outcome: Outcome) -> float | None:
         """Decide what follows an ended connection: the delay, or ``None`` to stop."""
         with self._lock:
-            self._counters.last_code = outcome.code
-            self._counters.last_reason = outcome.reason
+            if outcome.handshake_failed:
+                self._counters.last_error = outcome.reason
+            else:
+                self._counters.last_code = outcome.code
+                self._counters.last_reason = outcome.reason
         if outcome.final:
             self._stop_on_error(RealtimeError(
                 f"realtime connection closed for good: {outcome.code} {outcome.reason}",
@@ -491,7 +524,8 @@ class RealtimeClient:
         except (UnauthorizedError, ForbiddenError) as exc:
             return Outcome(code=CODE_TOKEN_ERROR, reason=f"token refused: {exc}", final=True)
         except Exception as exc:
-            log.warning("realtime token fetch failed: %s", exc)
+            log.log(logging.WARNING if self._unconnected == 0 else logging.DEBUG,
+                    "realtime token fetch failed: %s", exc)
             return Outcome(code=CODE_TOKEN_ERROR, reason=f"token fetch failed: {exc}",
                            handshake_failed=True)
         if self._closing.is_set():
@@ -562,6 +596,15 @@ class RealtimeClient:
             else:
                 with self._lock:
                     conn.last_recv = self._clock()  # a WebSocket-level ping is life too
+
+
+def _token_body(body: Mapping[str, Any]) -> tuple[str, str]:
+    token = body.get("token") if isinstance(body, Mapping) else None
+    url = body.get("url") if isinstance(body, Mapping) else None
+    if not isinstance(token, str) or not isinstance(url, str):
+        raise InvalidResponseError(200, None, "realtime token body needs string token and url",
+                                   body=body)
+    return token, url
 
 
 def parse_close_frame(data: bytes) -> tuple[int, str]:
