@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 from urllib.parse import quote
 
 import requests
 
 from chatsdk._adapter import attempts_of
-from chatsdk._config import RetryPolicy
+from chatsdk._config import BreakerPolicy, RetryPolicy
+from chatsdk._drainer import Drainer
 from chatsdk._exceptions import (
     ChatSDKError,
     ConfigurationError,
@@ -22,6 +24,9 @@ from chatsdk._exceptions import (
     excerpt,
 )
 from chatsdk._models import Attachment, Message, Reaction
+from chatsdk._outbox import Outbox
+from chatsdk._outbox_models import Operation, OutboxEntry
+from chatsdk._realtime import RealtimeClient
 from chatsdk._session import ChatSession
 from chatsdk._validation import (
     check_channel,
@@ -60,8 +65,14 @@ class ChatClient:
         api_key: the API key; defaults to ``$CHATSDK_API_KEY``. Never logged or shown.
         retry: the retry policy (default :data:`chatsdk.DEFAULT_RETRY_POLICY`).
         timeout: default ``(connect, read)`` seconds, or one number for both.
+        breaker: the per-host circuit breaker policy; None for the default
+            :class:`BreakerPolicy`, False for no circuit breaking.
         session: a ready :class:`ChatSession` to use instead of building one; then
-            ``base_url``, ``api_key``, ``retry`` and ``timeout`` must not be given.
+            ``base_url``, ``api_key``, ``retry``, ``timeout`` and ``breaker`` must not be given.
+        outbox: an :class:`Outbox` or the path of its file: enables :meth:`queue_message`
+            and :meth:`queue_reaction` and starts a background drainer thread.
+        close_timeout: :meth:`close` flushes the outbox for at most this many seconds and
+            leaves the rest on disk for the next process.
 
     Raises:
         ConfigurationError: the URL or the key is missing (naming which) or invalid.
@@ -74,7 +85,10 @@ class ChatClient:
         *,
         retry: RetryPolicy | None = None,
         timeout: float | tuple[float, float] | None = None,
+        breaker: BreakerPolicy | Literal[False] | None = None,
         session: ChatSession | None = None,
+        outbox: str | os.PathLike[str] | Outbox | None = None,
+        close_timeout: float = 10.0,
     ) -> None:
         if session is not None:
             given = [
@@ -84,6 +98,7 @@ class ChatClient:
                     ("api_key", api_key),
                     ("retry", retry),
                     ("timeout", timeout),
+                    ("breaker", breaker),
                 )
                 if v is not None
             ]
@@ -99,7 +114,15 @@ class ChatClient:
                 raise ConfigurationError(f"no base URL: pass base_url= or set ${URL_ENV}")
             if not key:
                 raise ConfigurationError(f"no API key: pass api_key= or set ${API_KEY_ENV}")
-            self.session = ChatSession(url, key, retry=retry, timeout=timeout)
+            self.session = ChatSession(url, key, retry=retry, timeout=timeout, breaker=breaker)
+        self.close_timeout = close_timeout
+        self._outbox: Outbox | None = None
+        self._drainer: Drainer | None = None
+        if outbox is not None:
+            self._owns_outbox = not isinstance(outbox, Outbox)
+            self._outbox = Outbox(outbox) if not isinstance(outbox, Outbox) else outbox
+            self._drainer = Drainer(self._outbox, self._deliver, retry=retry)
+            self._drainer.start()
 
     def __repr__(self) -> str:
         return f"<ChatClient {self.session.base_url}>"
@@ -116,8 +139,80 @@ class ChatClient:
         self.close()
 
     def close(self) -> None:
-        """Release connections. The client cannot be used afterwards."""
+        """Flush the outbox for at most ``close_timeout``, then release connections.
+
+        Entries not delivered by then stay on disk for the next process.
+        The client cannot be used afterwards.
+        """
+        if self._drainer is not None and self._outbox is not None:
+            deadline = time.monotonic() + self.close_timeout
+            if not self._drainer.flush(self.close_timeout):
+                log.warning("outbox %s: undelivered entries left on disk", self._outbox.path)
+            self._drainer.stop(max(0.0, deadline - time.monotonic()))
+            if self._owns_outbox:
+                self._outbox.close()
         self.session.close()
+
+    # -- outbox --------------------------------------------------------------------------
+
+    @property
+    def outbox(self) -> Outbox | None:
+        """The client's :class:`Outbox`, or None when it was built without one."""
+        return self._outbox
+
+    def queue_message(
+        self,
+        channel_id: str,
+        text: str,
+        *,
+        attachments: Iterable[Attachment | Mapping[str, Any]] = (),
+        parent_id: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> OutboxEntry[Message]:
+        """Queue a message in the outbox; returns once it is committed to disk.
+
+        The background drainer delivers it (in order within its channel) under one
+        ``Idempotency-Key``, across retries, crashes and restarts. Arguments as
+        :meth:`send_message`, validated the same way before any I/O.
+
+        Raises:
+            ValidationError: an argument breaks the contract (nothing was queued).
+            ConfigurationError: the client has no outbox.
+        """
+        body = message_body(channel_id, text, attachments, parent_id)
+        key = self._key(idempotency_key)
+        return self._queue().enqueue("message", body["channelId"], body, idempotency_key=key)
+
+    def queue_reaction(
+        self, message_id: str, reaction: str, *, idempotency_key: str | None = None
+    ) -> OutboxEntry[Reaction]:
+        """Queue a reaction in the outbox; as :meth:`queue_message`."""
+        body = reaction_body(message_id, reaction)
+        key = self._key(idempotency_key)
+        lane = f"reaction/{body['messageId']}"
+        return self._queue().enqueue("reaction", lane, body, idempotency_key=key)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Block until the outbox holds no ``queued``/``sending`` entry, whoever queued it.
+
+        Returns False when ``timeout`` passed first (or draining is stopped by a 401/403).
+        A client without an outbox has nothing to flush (True).
+        """
+        return True if self._drainer is None else self._drainer.flush(timeout)
+
+    def _queue(self) -> Outbox:
+        if self._outbox is None:
+            raise ConfigurationError("this client has no outbox: pass outbox= to ChatClient")
+        return self._outbox
+
+    def _deliver(self, op: Operation) -> dict[str, Any]:
+        """The drainer's deliver: one operation through this client's session."""
+        path = "api/messages" if op.kind == "message" else "api/reactions"
+        response = self._request("POST", path, json=op.body, idempotency_key=op.idempotency_key)
+        build = Message.from_json if op.kind == "message" else Reaction.from_json
+        self._parse(response, build, op.idempotency_key)
+        data: dict[str, Any] = response.json()
+        return data
 
     # -- messages ------------------------------------------------------------------------
 
@@ -211,6 +306,35 @@ class ChatClient:
             log.info("health check failed: %s", type(exc).__name__)
             return False
         return isinstance(data, dict) and data.get("status") == "ok"
+
+    # -- realtime ------------------------------------------------------------------------
+
+    def realtime(self, **options: Any) -> RealtimeClient:
+        """A :class:`RealtimeClient` for this server, authenticated through this client.
+
+        Tokens come from ``POST /api/realtime/token`` on this client's session: one now
+        (it also gives the WebSocket URL), then a fresh one before every later connection
+        attempt and refresh. With an outbox, every (re)connect wakes its drainer. Call
+        ``connect()`` on the result; ``subscribe_channel(channel_id, on_event)`` gives
+        typed chat events.
+
+        Args:
+            **options: :class:`RealtimeClient` arguments (``url=`` overrides the server's).
+
+        Raises:
+            APIError: the token endpoint refused (e.g. 401 with a wrong key).
+            TransportError: the token endpoint could not be reached.
+        """
+
+        def fetch() -> Any:
+            response = self._request("POST", "api/realtime/token")
+            return self._parse(response, lambda data, _replayed: data)
+
+        client = RealtimeClient.from_token_source(fetch, **options)
+        drainer = self._drainer
+        if drainer is not None:
+            client.add_reconnect_listener(lambda: drainer.notify(expedite=True))
+        return client
 
     # -- plumbing ------------------------------------------------------------------------
 

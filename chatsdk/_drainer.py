@@ -1,0 +1,333 @@
+"""The outbox's background delivery loop: one daemon thread plus a small worker pool.
+
+The loop claims due channel heads from the :class:`~chatsdk._outbox.Outbox` (so channels
+drain in parallel and each channel in order) and hands them to worker threads, which call
+``deliver(operation)`` and record the outcome:
+
+- a response: ``sent``;
+- a transient error (the retry module's classification; also a 2xx whose body could not be
+  read, resent under the same key so the server replays its answer): ``queued`` again after
+  a backoff, at least the server's ``Retry-After``;
+- :class:`~chatsdk.CircuitBreakerOpenError`: the claim is given back untouched and this
+  process's drainer pauses until the breaker's ``retry_after`` (nothing is written to the
+  shared file, so other processes keep draining);
+- 400, 404, 413, 422 and other permanent errors: ``failed`` (dead letter); the channel moves on;
+- 401, 403: the claim is given back and draining stops with an ERROR log until
+  :meth:`Drainer.resume` (the key is at fault, not the message).
+
+The loop wakes at once on this process's events (:meth:`Drainer.notify`: a new entry, a
+breaker closing, a realtime reconnect) and otherwise sleeps until the next due entry, looking
+at the file at least every ``poll_interval`` seconds for work queued by other processes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import random
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from chatsdk._breaker import CircuitState
+from chatsdk._config import DEFAULT_RETRY_POLICY, RetryPolicy
+from chatsdk._exceptions import (
+    APIError,
+    ChatSDKError,
+    CircuitBreakerOpenError,
+    ForbiddenError,
+    InvalidResponseError,
+    OutboxError,
+    UnauthorizedError,
+)
+from chatsdk._outbox import Outbox
+from chatsdk._outbox_models import Operation, OutboxEntry
+from chatsdk._retry import backoff_for, retry_after_of, should_retry
+
+__all__ = ["PERMANENT_STATUSES", "Drainer", "is_permanent"]
+
+log = logging.getLogger(__name__)
+
+#: Statuses that condemn the message itself: the entry is failed and its channel moves on.
+PERMANENT_STATUSES = frozenset({400, 404, 413, 422})
+_SWEEP_EVERY = 60.0  # seconds between expiry sweeps (and pruning of old sent entries)
+_MIN_PAUSE = 0.25  # pause when the breaker is half-open with its probe slots taken
+_LIVE: weakref.WeakSet[Drainer] = weakref.WeakSet()
+
+Deliver = Callable[[Operation], dict[str, Any]]
+
+
+class _Breaker(Protocol):
+    def add_listener(self, callback: Callable[[Any, CircuitState, CircuitState], None]) -> None:
+        """Register a state-change listener."""
+
+
+def is_permanent(exc: BaseException, policy: RetryPolicy = DEFAULT_RETRY_POLICY) -> bool:
+    """True when resending ``exc``'s operation cannot succeed (the entry is dead-lettered).
+
+    A 2xx with an unreadable body is transient (resent under the same key, the server
+    replays); exceptions that are not chatsdk's are treated as transient and logged.
+    """
+    if isinstance(exc, InvalidResponseError):
+        return False
+    if isinstance(exc, APIError) and exc.status in PERMANENT_STATUSES:
+        return True
+    if should_retry(exc, 0, policy):
+        return False
+    return isinstance(exc, ChatSDKError)
+
+
+class Drainer:
+    """Delivers an outbox's entries in the background.
+
+    Args:
+        outbox: the outbox to drain.
+        deliver: sends one operation and returns the response JSON; raises chatsdk errors.
+            It holds the base URL and API key, the outbox never does.
+        breaker_for: returns the circuit breaker guarding an operation's host (or None), so
+            the drainer resumes the moment that breaker closes.
+        workers: deliveries in flight at once (each on its own channel).
+        clock: wall clock, the outbox's (leases and due times are wall-clock).
+        poll_interval: the longest sleep between looks at the file (other processes' work).
+        retry: the policy for classification and backoff between deliveries of an entry.
+        rand: randomness for the backoff's jitter (inject for tests).
+    """
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        deliver: Deliver,
+        *,
+        breaker_for: Callable[[Operation], _Breaker | None] | None = None,
+        workers: int = 4,
+        clock: Callable[[], float] = time.time,
+        poll_interval: float = 1.0,
+        retry: RetryPolicy | None = None,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers must be an int >= 1, got {workers!r}")
+        if not poll_interval > 0:
+            raise ValueError(f"poll_interval must be > 0, got {poll_interval!r}")
+        self.outbox = outbox
+        self._deliver = deliver
+        self._breaker_for = breaker_for
+        self._size = workers
+        self._clock = clock
+        self._poll = float(poll_interval)
+        self._retry = retry or DEFAULT_RETRY_POLICY
+        self._rand = rand
+        self._watched: set[int] = set()
+        self._auth_error: BaseException | None = None
+        self._stopping = False
+        self._started = False  # ever started (in this process or a parent)
+        self._running_here = False  # threads started in this process
+        self._reset()
+        outbox.add_listener(self.notify)
+        _LIVE.add(self)
+
+    def _reset(self) -> None:
+        """Fresh threads and locks: at construction, and in a forked child."""
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._jobs: queue.SimpleQueue[OutboxEntry[Any] | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._inflight = 0
+        self._paused_until = 0.0
+        self._expedite = False
+        self._next_sweep = 0.0
+
+    def _after_fork(self) -> None:
+        # The parent's threads do not exist here; a restart happens on the next notify().
+        self._reset()
+        self._running_here = False
+
+    # -- public API ------------------------------------------------------------------------
+
+    @property
+    def auth_error(self) -> BaseException | None:
+        """The 401/403 that stopped draining, until :meth:`resume`."""
+        return self._auth_error
+
+    @property
+    def paused_for(self) -> float:
+        """Seconds this process's drainer stays paused by an open circuit (0.0 if not)."""
+        return max(0.0, self._paused_until - time.monotonic())
+
+    def start(self) -> None:
+        """Start the loop and the workers (daemon threads); idempotent."""
+        with self._lock:
+            if self._running_here or self._stopping:
+                return
+            self._started = self._running_here = True
+            name = f"chatsdk-outbox-{os.path.basename(self.outbox.path)}"
+            threads = [threading.Thread(target=self._loop, name=name, daemon=True)]
+            threads += [
+                threading.Thread(target=self._work, name=f"{name}-worker-{i}", daemon=True)
+                for i in range(self._size)
+            ]
+            self._threads = threads
+        for thread in threads:
+            thread.start()
+
+    def notify(self, *, expedite: bool = False) -> None:
+        """Wake the loop now (a new entry, a reconnect); ``expedite`` cuts transient backoffs.
+
+        In a forked child this starts the child's own drainer.
+        """
+        if self._started and not self._running_here:
+            self.start()
+        if expedite:
+            self._expedite = True
+        self._wake.set()
+
+    def resume(self) -> None:
+        """Drain again after a 401/403 stopped it (e.g. the key was fixed server-side)."""
+        self._auth_error = None
+        self.notify()
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Block until no entry is ``queued`` or ``sending`` in the file, by any process.
+
+        Returns:
+            True when the outbox is drained; False when ``timeout`` passed first, or when
+            draining is stopped (a 401/403, or :meth:`stop`) with entries left.
+        """
+        self.notify()
+        return self.outbox.wait_idle(timeout, give_up=self._cannot_progress)
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Stop after the deliveries in flight; True when every thread ended in time."""
+        with self._lock:
+            self._stopping = True
+            threads = list(self._threads)
+        self._wake.set()
+        for _ in range(self._size):
+            self._jobs.put(None)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in threads:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return not any(thread.is_alive() for thread in threads)
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def _cannot_progress(self) -> bool:
+        return self._stopping or self._auth_error is not None
+
+    def _loop(self) -> None:
+        while True:
+            self._wake.clear()
+            if self._stopping:
+                return
+            try:
+                timeout = self._step()
+            except OutboxError as exc:
+                if self.outbox.closed:
+                    return
+                log.warning("outbox drainer: %s; retrying in %.1fs", exc, self._poll)
+                timeout = self._poll
+            self._wake.wait(timeout)
+
+    def _step(self) -> float | None:
+        """Claim and dispatch what is due; return how long to sleep (None: until woken)."""
+        if self._auth_error is not None:
+            return None
+        if self._expedite:
+            self._expedite = False
+            self.outbox.expedite()
+        now = time.monotonic()
+        if now >= self._next_sweep:
+            self._next_sweep = now + _SWEEP_EVERY
+            self.outbox.expire()
+        if self._paused_until > now:
+            return self._paused_until - now
+        with self._lock:
+            free = self._size - self._inflight
+        if free <= 0:
+            return self._poll
+        claimed, next_due = self.outbox.claim(free)
+        with self._lock:
+            self._inflight += len(claimed)
+        for entry in claimed:
+            self._jobs.put(entry)
+        if next_due is None:
+            return self._poll
+        return min(self._poll, max(0.0, next_due - self._clock()))
+
+    def _work(self) -> None:
+        while True:
+            entry = self._jobs.get()
+            if entry is None:
+                return
+            try:
+                self.process(entry)
+            except OutboxError as exc:
+                # The outcome could not be written; the lease runs out and the entry is
+                # resent under the same key, so the server replays rather than duplicates.
+                log.warning("outbox entry %d: outcome not recorded: %s", entry.id, exc)
+            finally:
+                with self._lock:
+                    self._inflight -= 1
+                self._wake.set()
+
+    def process(self, entry: OutboxEntry[Any]) -> None:
+        """Deliver one claimed entry and record the outcome in the outbox."""
+        op = entry.operation
+        try:
+            response = self._deliver(op)
+        except CircuitBreakerOpenError as exc:
+            self.outbox.release(entry)
+            self._pause(exc.retry_after, op)
+        except (UnauthorizedError, ForbiddenError) as exc:
+            self.outbox.release(entry)
+            self._auth_error = exc
+            log.error(
+                "outbox draining stopped: the server refused the API key (%s); entries stay "
+                "queued until resume() or a client with a working key drains them",
+                exc,
+            )
+            self.outbox.signal()
+        except Exception as exc:
+            if is_permanent(exc, self._retry):
+                log.warning("outbox entry %d failed for good: %s", entry.id, exc)
+                self.outbox.fail(entry, exc)
+                return
+            if not isinstance(exc, ChatSDKError):
+                log.warning("outbox entry %d: deliver raised %r", entry.id, exc, exc_info=True)
+            retry_after = retry_after_of(exc)
+            index = min(entry.attempts - 1, 64)
+            delay = backoff_for(exc, index, self._retry, self._rand, retry_after)
+            log.info("outbox entry %d: %s; next attempt in %.2fs", entry.id, exc, delay)
+            self.outbox.reschedule(entry, exc, delay, retry_after=retry_after)
+        else:
+            self.outbox.ack(entry, response)
+
+    def _pause(self, retry_after: float, op: Operation) -> None:
+        wait = retry_after if retry_after > 0 else _MIN_PAUSE
+        with self._lock:
+            self._paused_until = max(self._paused_until, time.monotonic() + wait)
+        log.info("outbox drainer paused %.2fs: circuit open", wait)
+        breaker = self._breaker_for(op) if self._breaker_for is not None else None
+        if breaker is not None and id(breaker) not in self._watched:
+            self._watched.add(id(breaker))
+            breaker.add_listener(self._on_breaker)
+
+    def _on_breaker(self, _breaker: object, _old: CircuitState, new: CircuitState) -> None:
+        if new is CircuitState.OPEN:
+            return
+        # HALF_OPEN lets a probe through now; CLOSED means the host is back: entries backing
+        # off after transport errors are due at once.
+        with self._lock:
+            self._paused_until = 0.0
+        self.notify(expedite=new is CircuitState.CLOSED)
+
+
+def _after_fork_in_child() -> None:
+    for drainer in list(_LIVE):
+        drainer._after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,274 @@
+"""The outbox's SQLite file: opening, schema migrations, corruption, locking and fork safety.
+
+This module knows nothing of entries' meaning (that is :mod:`chatsdk._outbox`); it hands out
+the process's one connection behind a lock and runs work on it:
+
+- the file and its ``-wal``/``-shm`` are created mode 0600 (SQLite gives the side files the
+  database file's mode); WAL journal, ``synchronous`` NORMAL or FULL;
+- ``PRAGMA application_id`` tells an outbox from a foreign database, ``PRAGMA user_version``
+  is the schema version, migrated step by step under ``BEGIN IMMEDIATE``;
+- a corrupt or foreign file is moved aside (never deleted), with its side files;
+- SQLITE_BUSY is waited out (busy timeout, then retries), so "database is locked" never
+  reaches a caller;
+- after ``fork()`` the child abandons the inherited connection (closing it could disturb the
+  parent's locks) and opens its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import sqlite3
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Callable
+from typing import Literal, NoReturn, TypeVar
+
+from chatsdk._exceptions import OutboxCorruptError, OutboxError
+
+__all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "Database", "Durability"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Durability = Literal["normal", "full"]
+
+#: ``PRAGMA application_id`` of an outbox file ("CHOB"): tells ours from a foreign database.
+APPLICATION_ID = 0x43484F42
+SCHEMA_VERSION = 2
+_HEADER = b"SQLite format 3\x00"
+BUSY_TIMEOUT = 5.0  # seconds SQLite itself waits for a lock, per statement
+BUSY_DEADLINE = 120.0  # seconds we keep retrying SQLITE_BUSY before giving up
+
+# _MIGRATIONS[n] takes a file from user_version n to n + 1; statements split on ";".
+_MIGRATIONS = (
+    """
+    CREATE TABLE entries (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        idempotency_key TEXT NOT NULL UNIQUE,
+        body TEXT NOT NULL,
+        status TEXT NOT NULL DEFAULT 'queued',
+        attempts INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        next_attempt_at REAL NOT NULL,
+        lease_owner TEXT,
+        lease_expires_at REAL,
+        finished_at REAL,
+        last_error TEXT,
+        error TEXT,
+        response TEXT
+    );
+    CREATE INDEX entries_pending ON entries(channel, id) WHERE status IN ('queued', 'sending')
+    """,
+    """
+    ALTER TABLE entries ADD COLUMN possibly_delivered INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX entries_finished ON entries(status, finished_at)
+        WHERE status NOT IN ('queued', 'sending')
+    """,
+)
+assert len(_MIGRATIONS) == SCHEMA_VERSION
+
+# Connections a forked child inherited: closing them could disturb the parent's locks and
+# WAL, so they stay referenced (never closed, never collected) and unused.
+_ABANDONED: list[sqlite3.Connection] = []
+_LIVE: weakref.WeakSet[Database] = weakref.WeakSet()
+
+
+def is_busy(exc: sqlite3.OperationalError) -> bool:
+    """True for SQLITE_BUSY / SQLITE_LOCKED: another connection holds the lock."""
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
+
+
+class Database:
+    """The process's connection to one outbox file, behind a lock.
+
+    Attributes:
+        path: the absolute path of the file.
+        owner: this process's lease owner id, ``host:pid:random`` (new after a fork).
+        changed: a condition notified whenever this process changes an entry's status.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        durability: Durability,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.path = os.path.abspath(os.fspath(path))
+        self.durability = durability
+        self.host = socket.gethostname().replace(":", "_")
+        self._sleep = sleep
+        self._closed = False
+        self._reset_process_state()
+        self._conn = self._open()
+        _LIVE.add(self)
+
+    def _reset_process_state(self) -> None:
+        self._pid = os.getpid()
+        self.owner = f"{self.host}:{self._pid}:{uuid.uuid4().hex[:12]}"
+        self._lock = threading.RLock()
+        self.changed = threading.Condition(threading.Lock())
+
+    def after_fork(self) -> None:
+        """In a forked child: abandon the parent's connection and open our own."""
+        _ABANDONED.append(self._conn)
+        self._reset_process_state()
+        if not self._closed:
+            self._conn = self._connect()
+
+    # -- opening ---------------------------------------------------------------------------
+
+    def _open(self) -> sqlite3.Connection:
+        os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+        try:
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            with open(self.path, "rb") as handle:
+                header = handle.read(len(_HEADER))
+            if header and header != _HEADER:
+                self._move_aside("not an SQLite database")
+        deadline = time.monotonic() + BUSY_DEADLINE
+        while True:
+            try:
+                return self._connect()
+            except sqlite3.OperationalError as exc:
+                if not is_busy(exc) or time.monotonic() > deadline:
+                    raise OutboxError(f"cannot open outbox {self.path}: {exc}") from exc
+            except sqlite3.DatabaseError as exc:
+                self._move_aside(f"corrupt database: {exc}")
+            self._sleep(0.005 + 0.01 * random.random())
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+        )
+        try:
+            conn.execute("PRAGMA journal_mode=WAL").fetchone()
+            conn.execute(f"PRAGMA synchronous={self.durability.upper()}")
+            self._check_schema(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _check_schema(self, conn: sqlite3.Connection) -> None:
+        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        objects = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        if app_id != APPLICATION_ID and (app_id or objects):
+            conn.close()
+            self._move_aside(f"not a chatsdk outbox (application_id {app_id}, {objects} objects)")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise OutboxError(
+                f"outbox {self.path} has schema {version}, newer than this chatsdk's "
+                f"{SCHEMA_VERSION}: upgrade chatsdk"
+            )
+        if version < SCHEMA_VERSION:
+            self._migrate(conn)
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Re-read under the write lock: another process may have migrated meanwhile.
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            for step in range(version, SCHEMA_VERSION):
+                for statement in _MIGRATIONS[step].split(";"):
+                    conn.execute(statement)
+                log.info("outbox %s: migrated schema %d -> %d", self.path, step, step + 1)
+            conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        finally:
+            if conn.in_transaction:  # a failed step: leave the file as it was
+                conn.execute("ROLLBACK")
+
+    def _move_aside(self, reason: str) -> NoReturn:
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        base = moved_to = f"{self.path}.corrupt-{stamp}-{os.getpid()}"
+        n = 0
+        while os.path.exists(moved_to):
+            n += 1
+            moved_to = f"{base}-{n}"
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(self.path + suffix):
+                os.rename(self.path + suffix, moved_to + suffix)
+        log.error("outbox %s is unreadable (%s); moved aside to %s", self.path, reason, moved_to)
+        raise OutboxCorruptError(self.path, moved_to, reason)
+
+    # -- running work ----------------------------------------------------------------------
+
+    def run(self, fn: Callable[[sqlite3.Connection], T], *, write: bool = True) -> T:
+        """Run ``fn(conn)``; in one ``BEGIN IMMEDIATE`` transaction when ``write``.
+
+        SQLITE_BUSY (after SQLite's own busy timeout) reruns ``fn`` from the start, for up
+        to :data:`BUSY_DEADLINE` seconds; other SQLite failures become :class:`OutboxError`.
+        With ``write=False`` a single write statement still commits on its own (SQLite's
+        implicit transaction): the cheapest durable insert.
+        """
+        deadline: float | None = None
+        delay = 0.001
+        while True:
+            if self._pid != os.getpid():  # forked without the at-fork hook running
+                self.after_fork()
+            try:
+                with self._lock:
+                    if self._closed:
+                        raise OutboxError(f"outbox {self.path} is closed")
+                    conn = self._conn
+                    if not write:
+                        return fn(conn)
+                    conn.execute("BEGIN IMMEDIATE")
+                    try:
+                        result = fn(conn)
+                        conn.execute("COMMIT")
+                    finally:
+                        if conn.in_transaction:
+                            conn.execute("ROLLBACK")
+                    return result
+            except sqlite3.OperationalError as exc:
+                now = time.monotonic()
+                deadline = now + BUSY_DEADLINE if deadline is None else deadline
+                if not is_busy(exc) or now > deadline:
+                    raise OutboxError(f"outbox {self.path}: {exc}") from exc
+                log.debug("outbox %s busy (%s); retrying", self.path, exc)
+            except sqlite3.IntegrityError:
+                raise
+            except sqlite3.DatabaseError as exc:
+                raise OutboxError(f"outbox {self.path}: {exc}") from exc
+            self._sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 0.05)
+
+    def signal(self) -> None:
+        """Wake every thread of this process waiting on :attr:`changed`."""
+        with self.changed:
+            self.changed.notify_all()
+
+    def close(self) -> None:
+        """Close the connection (in the process that opened it); idempotent."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                if self._pid == os.getpid():
+                    self._conn.close()
+        self.signal()
+
+    @property
+    def closed(self) -> bool:
+        """True after :meth:`close`."""
+        return self._closed
+
+
+def _after_fork_in_child() -> None:
+    for database in list(_LIVE):
+        database.after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,213 @@
+"""Value types of the outbox: operations, entry snapshots, statistics, stored errors."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Generic, Literal, Protocol, TypeVar, cast
+
+import attrs
+
+from chatsdk._exceptions import (
+    _CODE_ERRORS,
+    _STATUS_ERRORS,
+    APIError,
+    ChatSDKError,
+    OutboxEntryExpiredError,
+    OutboxError,
+    ServerError,
+)
+from chatsdk._models import Message, Reaction
+
+__all__ = [
+    "COLUMNS",
+    "Kind",
+    "Operation",
+    "OutboxEntry",
+    "OutboxStats",
+    "describe_error",
+    "entry_from_row",
+    "error_record",
+]
+
+Kind = Literal["message", "reaction"]
+#: What an entry's delivery returns: Message for message entries, Reaction for reactions.
+R = TypeVar("R")
+
+#: The ``entries`` columns, in the order :func:`entry_from_row` reads them.
+COLUMNS = (
+    "id, kind, channel, idempotency_key, body, status, attempts, created_at, "
+    "next_attempt_at, lease_owner, lease_expires_at, last_error, error, response, "
+    "possibly_delivered"
+)
+
+
+class _Waiter(Protocol):
+    def wait(self, entry_id: int, timeout: float | None = None) -> Message | Reaction: ...
+
+
+@attrs.frozen(kw_only=True)
+class Operation:
+    """One create operation as the drainer hands it to ``deliver``.
+
+    Attributes:
+        kind: ``"message"`` (``POST /api/messages``) or ``"reaction"`` (``POST /api/reactions``).
+        body: the wire JSON body (camelCase).
+        idempotency_key: the key chosen at enqueue time, kept across every resend.
+        channel: the ordering lane: the channel id, or ``reaction/<message id>``.
+    """
+
+    kind: Kind
+    body: dict[str, Any]
+    idempotency_key: str
+    channel: str
+
+
+@attrs.frozen(kw_only=True)
+class OutboxStats:
+    """Counts per status, and the age in seconds of the oldest pending entry (or None)."""
+
+    queued: int = 0
+    sending: int = 0
+    sent: int = 0
+    failed: int = 0
+    expired: int = 0
+    oldest_pending_age: float | None = None
+
+    @property
+    def pending(self) -> int:
+        """Entries still to deliver (``queued`` + ``sending``)."""
+        return self.queued + self.sending
+
+
+@attrs.frozen(kw_only=True)
+class OutboxEntry(Generic[R]):
+    """A snapshot of one outbox entry, read from the file at one moment.
+
+    Attributes:
+        id: the entry's id in the file.
+        idempotency_key: the operation's ``Idempotency-Key``.
+        status: ``queued``, ``sending``, ``sent``, ``failed`` or ``expired``.
+        attempts: deliveries started so far.
+        last_error: the last failure, as text (``None`` when there was none).
+        operation: what is delivered.
+        created_at: enqueue time (wall clock, seconds since the epoch).
+        next_attempt_at: earliest time of the next attempt (wall clock).
+        possibly_delivered: a ``failed``/``expired`` entry that may have reached the server.
+    """
+
+    id: int
+    idempotency_key: str
+    status: str
+    attempts: int
+    last_error: str | None
+    operation: Operation = attrs.field(repr=False)
+    created_at: float = attrs.field(repr=False)
+    next_attempt_at: float = attrs.field(repr=False)
+    possibly_delivered: bool = attrs.field(default=False, repr=False)
+    lease_owner: str | None = attrs.field(default=None, repr=False)
+    lease_expires_at: float | None = attrs.field(default=None, repr=False)
+    _outbox: _Waiter = attrs.field(repr=False, eq=False)
+    _error: dict[str, Any] | None = attrs.field(default=None, repr=False, eq=False)
+    _response: str | None = attrs.field(default=None, repr=False, eq=False)
+
+    def wait(self, timeout: float | None = None) -> R:
+        """Block until the entry is delivered and return what the server created.
+
+        Wakes at once when this process's drainer records the outcome; an outcome recorded
+        by another process is noticed within a second.
+
+        Raises:
+            APIError: the permanent error that failed the entry (rebuilt from the file).
+            OutboxEntryExpiredError: the entry reached ``max_age`` undelivered.
+            OutboxError: the entry failed after ``max_attempts``, or was purged.
+            WaitTimeoutError: ``timeout`` seconds passed first; delivery goes on.
+        """
+        return cast(R, self._outbox.wait(self.id, timeout))
+
+    def result(self) -> R:
+        """The delivered object of a ``sent`` entry, or the error of a finished one."""
+        if self.status == "sent":
+            data = json.loads(self._response or "null")
+            if self.operation.kind == "reaction":
+                return cast(R, Reaction.from_json(data))
+            return cast(R, Message.from_json(data))
+        raise self._failure()
+
+    def _failure(self) -> ChatSDKError:
+        record = self._error or {}
+        exc: ChatSDKError
+        if self.status == "expired":
+            exc = OutboxEntryExpiredError(
+                f"outbox entry {self.id} expired before delivery"
+                + (" (possibly delivered)" if self.possibly_delivered else "")
+            )
+        elif self.status == "failed" and record.get("status") is not None:
+            status, code = int(record["status"]), record.get("code")
+            cls = _CODE_ERRORS.get(code or "") or _STATUS_ERRORS.get(status)
+            cls = cls or (ServerError if status >= 500 else APIError)
+            exc = cls(status, code, str(record.get("message") or ""), body=record.get("body"))
+        elif self.status == "failed":
+            exc = OutboxError(f"outbox entry {self.id} failed: {self.last_error}")
+        else:
+            exc = OutboxError(f"outbox entry {self.id} is {self.status}, not finished")
+        exc.attempts = self.attempts
+        exc.idempotency_key = self.idempotency_key
+        return exc
+
+
+def error_record(exc: BaseException, *, retry_after: float | None = None) -> dict[str, Any]:
+    """The JSON form of an error stored with an entry (enough to rebuild an APIError)."""
+    record: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc)}
+    if isinstance(exc, APIError):
+        record.update(status=exc.status, code=exc.code, message=exc.message)
+        if isinstance(exc.body, dict):
+            record["body"] = exc.body
+    if retry_after is not None:
+        record["retry_after"] = retry_after
+    return record
+
+
+def entry_from_row(outbox: _Waiter, row: tuple[Any, ...]) -> OutboxEntry[Any]:
+    """Build an :class:`OutboxEntry` from a row of :data:`COLUMNS`."""
+    (
+        entry_id,
+        kind,
+        channel,
+        key,
+        body,
+        status,
+        attempts,
+        created_at,
+        next_at,
+        lease_owner,
+        lease_expires,
+        last_error,
+        error,
+        response,
+        possibly,
+    ) = row
+    op = Operation(kind=kind, body=json.loads(body), idempotency_key=key, channel=channel)
+    return OutboxEntry(
+        id=entry_id,
+        idempotency_key=key,
+        status=status,
+        attempts=attempts,
+        last_error=last_error,
+        operation=op,
+        created_at=created_at,
+        next_attempt_at=next_at,
+        possibly_delivered=bool(possibly),
+        lease_owner=lease_owner,
+        lease_expires_at=lease_expires,
+        outbox=outbox,
+        error=None if error is None else json.loads(error),
+        response=response,
+    )
+
+
+def describe_error(record: dict[str, Any]) -> str:
+    """One line of text for a stored error record."""
+    if record.get("status") is not None:
+        code = f" {record['code']}" if record.get("code") else ""
+        return f"HTTP {record['status']}{code}: {record['message']}"
+    return f"{record['type']}: {record['message']}"
