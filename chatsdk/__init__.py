@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 
 from chatsdk._adapter import ResilientAdapter
+from chatsdk._breaker import BreakerSnapshot, CircuitBreaker, CircuitState, Permit
+from chatsdk._budget import RetryBudget
 from chatsdk._client import ChatClient
 from chatsdk._config import DEFAULT_RETRY_POLICY, BreakerPolicy, RetryPolicy
 from chatsdk._exceptions import (
@@ -50,10 +52,13 @@ __all__ = [
     "Attachment",
     "BadRequestError",
     "BreakerPolicy",
+    "BreakerSnapshot",
     "ChatClient",
     "ChatSDKError",
     "ChatSession",
+    "CircuitBreaker",
     "CircuitBreakerOpenError",
+    "CircuitState",
     "ConfigurationError",
     "ConflictError",
     "ConnectError",
@@ -69,11 +74,13 @@ __all__ = [
     "OutboxEntryExpiredError",
     "OutboxError",
     "PayloadTooLargeError",
+    "Permit",
     "RateLimitedError",
     "Reaction",
     "RealtimeError",
     "RequestTimeoutError",
     "ResilientAdapter",
+    "RetryBudget",
     "RetryPolicy",
     "ServerError",
     "TransportError",

@@ -10,7 +10,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import requests
@@ -19,8 +19,17 @@ import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from chatsdk._config import DEFAULT_RETRY_POLICY, RetryPolicy
-from chatsdk._exceptions import ChatSDKError, TransportError, map_transport_error
+from chatsdk._breaker import CircuitBreaker, CircuitState, Permit
+from chatsdk._budget import RetryBudget
+from chatsdk._config import DEFAULT_RETRY_POLICY, BreakerPolicy, RetryPolicy
+from chatsdk._exceptions import (
+    ChatSDKError,
+    CircuitBreakerOpenError,
+    TransportError,
+    error_for_response,
+    map_transport_error,
+)
+from chatsdk._hosts import HostState, host_of
 from chatsdk._retry import (
     IDEMPOTENT_METHODS,
     backoff_for,
@@ -35,6 +44,9 @@ log = logging.getLogger("chatsdk")
 
 #: Statuses that mean "refused before processing": safe to resend even without a key.
 _NOT_PROCESSED = frozenset({429, 503})
+
+#: Statuses that count as the host failing, for its circuit breaker (429 counts as neither).
+_HOST_FAILURES = frozenset({408, 500, 502, 503, 504})
 
 _TRANSPORT_ERRORS = (requests.RequestException, urllib3.exceptions.HTTPError, OSError)
 
@@ -51,6 +63,8 @@ class ResilientAdapter(HTTPAdapter):
 
     Args:
         retry: the retry policy (default :data:`chatsdk.DEFAULT_RETRY_POLICY`).
+        breaker: the per-host circuit breaker policy; None for the default
+            :class:`BreakerPolicy`, False for no circuit breaking.
         sleep: called with the seconds to wait between attempts (inject for tests).
         clock: a monotonic clock in seconds, for the deadline (inject for tests).
         rand: a uniform [0, 1) source for jitter (inject for tests).
@@ -61,6 +75,7 @@ class ResilientAdapter(HTTPAdapter):
         self,
         retry: RetryPolicy | None = None,
         *,
+        breaker: BreakerPolicy | Literal[False] | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         rand: Callable[[], float] = random.random,
@@ -69,6 +84,8 @@ class ResilientAdapter(HTTPAdapter):
         # urllib3 must not retry on its own; read=False re-raises read errors to our loop.
         super().__init__(max_retries=Retry(0, read=False), **pool_kwargs)
         self.retry = retry or DEFAULT_RETRY_POLICY
+        policy = None if breaker is False else (breaker or BreakerPolicy())
+        self.hosts = HostState(policy, self.retry, clock=clock)
         self._sleep = sleep
         self._clock = clock
         self._rand = rand
@@ -86,7 +103,9 @@ class ResilientAdapter(HTTPAdapter):
 
         A response whose status stays retryable after the last attempt is returned (requests
         semantics); failures without a response raise :class:`~chatsdk.TransportError` with
-        ``.attempts`` and ``.idempotency_key`` set.
+        ``.attempts`` and ``.idempotency_key`` set. While the host's circuit is open, or when
+        it opens with attempts left, :class:`~chatsdk.CircuitBreakerOpenError` is raised
+        instead of waiting through the remaining attempts.
         """
         op = _Operation(self, request, timeout)
         retrying = tenacity.Retrying(
@@ -98,9 +117,13 @@ class ResilientAdapter(HTTPAdapter):
         try:
             response: requests.Response = retrying(op.attempt, stream, verify, cert, proxies)
         except ChatSDKError as exc:
-            exc.attempts = op.attempts
-            exc.idempotency_key = op.key
-            raise
+            final = op.final(exc)
+            if final is exc:
+                raise
+            raise final from exc
+        if op.open_error is not None:
+            response.close()
+            raise op.final(op.open_error) from error_for_response(response)
         response._chatsdk_attempts = op.attempts  # type: ignore[attr-defined]
         return response
 
@@ -122,6 +145,18 @@ class _Operation:
         self.attempts = 0
         self.delay = 0.0
         self.reason = ""
+        host = host_of(request.url or "")
+        self.breaker: CircuitBreaker | None = adapter.hosts.breaker(f"rest:{host}")
+        self.budget: RetryBudget | None = adapter.hosts.budget(host)
+        #: set when the loop stopped because the circuit opened with attempts left.
+        self.open_error: CircuitBreakerOpenError | None = None
+
+    def final(self, error: ChatSDKError) -> ChatSDKError:
+        """Stamp the operation's context on the error it ends with."""
+        chosen = self.open_error or error
+        chosen.attempts = self.attempts
+        chosen.idempotency_key = self.key
+        return chosen
 
     def attempt(
         self,
@@ -130,6 +165,7 @@ class _Operation:
         cert: str | tuple[str, str] | None,
         proxies: Mapping[str, str] | None,
     ) -> requests.Response:
+        permit = None if self.breaker is None else self.breaker.acquire()
         self.attempts += 1
         try:
             response = HTTPAdapter.send(
@@ -145,8 +181,31 @@ class _Operation:
                 # Read here, not in Session.send: a reset mid-body must be a retryable failure.
                 _ = response.content
         except _TRANSPORT_ERRORS as exc:
+            if permit is not None:
+                permit.failure()
             raise map_transport_error(exc, self.request) from exc
+        except BaseException:
+            if permit is not None:
+                permit.release()
+            raise
+        self._record(permit, response)
         return response
+
+    def _record(self, permit: Permit | None, response: requests.Response) -> None:
+        status = response.status_code
+        if status in _HOST_FAILURES:
+            if permit is not None:
+                hold = parse_retry_after(response.headers.get("Retry-After"))
+                permit.failure(hold_open_for=hold if status == 503 else None)
+            return
+        if status == 429:
+            if permit is not None:
+                permit.release()
+            return
+        if permit is not None:
+            permit.success()
+        if self.budget is not None:
+            self.budget.on_success()
 
     def _attempt_timeout(self) -> TimeoutArg:
         deadline = self.policy.deadline
@@ -205,6 +264,13 @@ class _Operation:
         deadline = self.policy.deadline
         if deadline is not None and self.adapter._clock() - self.started + delay >= deadline:
             log.info("not retrying %s %s: the deadline would pass", self.method, self._path())
+            return False
+        if self.breaker is not None and self.breaker.state is CircuitState.OPEN:
+            # Sleeping through the remaining attempts would only delay the same answer.
+            self.open_error = CircuitBreakerOpenError(self.breaker.name, self.breaker.retry_after)
+            return False
+        if self.budget is not None and not self.budget.try_spend():
+            log.info("not retrying %s %s: the retry budget is spent", self.method, self._path())
             return False
         self.delay = delay
         return True

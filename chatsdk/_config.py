@@ -68,8 +68,8 @@ class RetryPolicy:
     respect_retry_after: bool = True
     max_retry_after: float = attrs.field(default=60.0, validator=_non_negative)
     deadline: float | None = attrs.field(default=None, validator=_optional_positive)
-    budget_capacity: float | None = attrs.field(default=10.0, validator=_optional_positive)
-    budget_refund: float = attrs.field(default=0.5, validator=_non_negative)
+    budget_capacity: float | None = attrs.field(default=20.0, validator=_optional_positive)
+    budget_refund: float = attrs.field(default=1.0, validator=_non_negative)
 
     @max_attempts.validator
     def _check_attempts(self, _attribute: attrs.Attribute[int], value: int) -> None:

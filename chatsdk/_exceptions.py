@@ -7,7 +7,7 @@
      +-- ValidationError (ValueError)            bad argument, raised before any I/O
      +-- TransportError (requests.RequestException)      no HTTP response
      |    +-- ConnectError (requests.ConnectionError)    refused, reset, DNS
-     |    |    +-- ConnectTimeoutError (also TransportTimeoutError)
+     |    |    +-- ConnectTimeoutError (also TransportTimeoutError, requests.ConnectTimeout)
      |    +-- TransportTimeoutError (requests.Timeout)   read timeout
      +-- CircuitBreakerOpenError (requests.ConnectionError)  host known bad, nothing sent
      +-- APIError (requests.HTTPError)            the server answered 4xx/5xx, or bad JSON
@@ -125,7 +125,7 @@ class TransportTimeoutError(TransportError, requests.Timeout):
     """The server did not answer within the timeout."""
 
 
-class ConnectTimeoutError(ConnectError, TransportTimeoutError):
+class ConnectTimeoutError(ConnectError, TransportTimeoutError, requests.ConnectTimeout):
     """The connection could not be made within the connect timeout: nothing was sent."""
 
     request_sent = False

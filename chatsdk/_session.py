@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import platform
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import requests
 
 from chatsdk._adapter import ResilientAdapter
-from chatsdk._config import RetryPolicy
-from chatsdk._exceptions import ConfigurationError
+from chatsdk._breaker import BreakerSnapshot, CircuitBreaker, CircuitState
+from chatsdk._config import BreakerPolicy, RetryPolicy
+from chatsdk._exceptions import CircuitBreakerOpenError, ConfigurationError
+from chatsdk._hosts import Listener, host_of
 from chatsdk._version import __version__
 
 __all__ = ["DEFAULT_TIMEOUT", "ChatSession"]
@@ -60,6 +62,8 @@ class ChatSession(requests.Session):
         api_key: the API key (kept out of every repr, log and error).
         retry: the retry policy (default :data:`chatsdk.DEFAULT_RETRY_POLICY`).
         timeout: default ``(connect, read)`` seconds, or one number for both.
+        breaker: the per-host circuit breaker policy; None for the default
+            :class:`BreakerPolicy`, False for no circuit breaking.
         sleep: the adapter's sleep between attempts (inject for tests).
         clock: the adapter's monotonic clock (inject for tests).
     """
@@ -71,6 +75,7 @@ class ChatSession(requests.Session):
         *,
         retry: RetryPolicy | None = None,
         timeout: float | tuple[float, float] | None = None,
+        breaker: BreakerPolicy | Literal[False] | None = None,
         sleep: Callable[[float], None] | None = None,
         clock: Callable[[], float] | None = None,
     ) -> None:
@@ -90,12 +95,30 @@ class ChatSession(requests.Session):
             options["sleep"] = sleep
         if clock is not None:
             options["clock"] = clock
-        self.adapter = ResilientAdapter(retry, **options)
+        self.adapter = ResilientAdapter(retry, breaker=breaker, **options)
+        self._base_host = host_of(self.base_url)
         self.mount("http://", self.adapter)
         self.mount("https://", self.adapter)
 
     def __repr__(self) -> str:
         return f"<ChatSession {self.base_url}>"
+
+    @property
+    def breakers(self) -> dict[str, BreakerSnapshot]:
+        """Each host's breaker name (``rest:http://host:port``) mapped to its snapshot."""
+        return self.adapter.hosts.snapshots()
+
+    def breaker_for(self, url: str | None = None, *, kind: str = "rest") -> CircuitBreaker | None:
+        """The breaker of ``url``'s host (default: the base URL) for ``kind`` ``rest`` or ``ws``.
+
+        None when circuit breaking is off.
+        """
+        host = self._base_host if url is None else host_of(url)
+        return self.adapter.hosts.breaker(f"{kind}:{host}")
+
+    def add_breaker_listener(self, callback: Listener) -> None:
+        """Call ``callback(breaker, old_state, new_state)`` whenever any host's circuit changes."""
+        self.adapter.hosts.add_listener(callback)
 
     def same_origin(self, url: str) -> bool:
         """True when ``url`` is on the base URL's scheme, host and port."""
@@ -109,9 +132,26 @@ class ChatSession(requests.Session):
             url = url.decode()
         if "://" not in url:
             url = self.base_url + url.lstrip("/")
+        self._fail_fast(url, kwargs.get("headers"))
         if kwargs.get("timeout") is None and (len(args) < 7 or args[6] is None):
             kwargs["timeout"] = self.timeout
         return super().request(method, url, *args, **kwargs)
+
+    def _fail_fast(self, url: str, headers: Any) -> None:
+        """Refuse a call to a host whose circuit is open before any request work is done.
+
+        Merging environment settings (proxies, netrc) alone costs most of a millisecond, so
+        the check comes first; the adapter checks again for every attempt.
+        """
+        host = self._base_host if url.startswith(self._origin_prefix) else host_of(url)
+        breaker = self.adapter.hosts.breaker(f"rest:{host}")
+        if breaker is None or breaker.state is not CircuitState.OPEN:
+            return
+        error = CircuitBreakerOpenError(breaker.name, breaker.retry_after)
+        error.attempts = 0
+        if isinstance(headers, dict):
+            error.idempotency_key = headers.get("Idempotency-Key")
+        raise error
 
     def prepare_request(self, request: requests.Request) -> requests.PreparedRequest:
         """Prepare as requests does, adding the API key only for the base URL's origin."""
