@@ -15,6 +15,7 @@ One thread accepts; one thread per connection pumps both directions with ``selec
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import select
 import socket
@@ -35,10 +36,8 @@ def _reset(sock: socket.socket | None) -> None:
     """Close with a TCP reset (``SO_LINGER`` 0)."""
     if sock is None:
         return
-    try:
+    with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    except OSError:
-        pass
     sock.close()
 
 

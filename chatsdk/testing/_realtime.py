@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 #: Largest client frame accepted; larger ones close the connection with 1009.
 MAX_FRAME_BYTES = 64 * 1024
-#: Seconds a connection that never sent ``connect`` is kept (then closed 3502 stale).
+#: Default seconds a connection that never sent ``connect`` is kept (then closed 3502 stale).
 CONNECT_TIMEOUT = 10.0
 #: Seconds past a token's expiry before an unrefreshed connection is closed 3005.
 EXPIRY_GRACE = 1.0
@@ -213,7 +213,7 @@ class _Connection:
             await asyncio.sleep(min(remaining, 0.5))
 
     async def stale_watch(self) -> None:
-        await asyncio.sleep(CONNECT_TIMEOUT)
+        await asyncio.sleep(self.endpoint.connect_timeout)
         if not self.connected:
             self.close(3502, "stale")
 
@@ -406,6 +406,7 @@ class RealtimeEndpoint:
         faults: realtime fault knobs.
         ping_interval: returns the current ping interval in seconds.
         version: the server version sent in connect replies.
+        connect_timeout: seconds to wait for the ``connect`` command (then close 3502).
     """
 
     def __init__(
@@ -417,6 +418,7 @@ class RealtimeEndpoint:
         faults: RealtimeFaults,
         ping_interval: Callable[[], float],
         version: str,
+        connect_timeout: float = CONNECT_TIMEOUT,
     ) -> None:
         self.store = store
         self.streams = streams
@@ -424,6 +426,7 @@ class RealtimeEndpoint:
         self.faults = faults
         self.ping_interval = ping_interval
         self.version = version
+        self.connect_timeout = connect_timeout
         self.connections: set[_Connection] = set()
         self._subscribers: dict[str, set[_Connection]] = {}
         self.ping_changed = asyncio.Event()

@@ -10,6 +10,7 @@ applies ``drop_after`` (the answer is committed, then the connection is reset).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import hashlib
 import hmac
@@ -43,8 +44,7 @@ __all__ = ["RestApi", "reset_transport"]
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-Publish = Callable[[str, dict[str, Any]], None]
-
+Publish = Callable[[str, dict[str, Any]], object]
 
 
 class _RequestContext:
@@ -63,8 +63,13 @@ _HTML_ERROR = (
     "<html><head><title>{status}</title></head><body><center><h1>{status}</h1></center>"
     "<hr><center>nginx</center></body></html>"
 )
-_REASONS = {500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable",
-            504: "Gateway Timeout", 429: "Too Many Requests"}
+_REASONS = {
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+    429: "Too Many Requests",
+}
 
 
 def reset_transport(transport: asyncio.BaseTransport | None) -> None:
@@ -73,10 +78,8 @@ def reset_transport(transport: asyncio.BaseTransport | None) -> None:
         return
     sock = transport.get_extra_info("socket")
     if sock is not None:
-        try:
+        with contextlib.suppress(OSError):  # the socket may have died meanwhile
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        except OSError:  # pragma: no cover - the socket died meanwhile
-            pass
     transport.abort()  # type: ignore[attr-defined]
 
 
@@ -283,7 +286,9 @@ class RestApi:
             message = self._store.create_message(fields, user)
             self._counters.inc("creates")
             self._counters.inc("messages_created")
-            self._publish(f"chat:{message['channelId']}", {"type": "message.new", "message": message})
+            self._publish(
+                f"chat:{message['channelId']}", {"type": "message.new", "message": message}
+            )
             return 201, message
 
         return await self._idempotent(request, body, create)

@@ -33,8 +33,13 @@ __all__ = ["ReferenceServer"]
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
-_COUNTERS = ("requests", "creates", "replays", "conflicts", "key_reused") + tuple(
-    f"fault.{kind}" for kind in FAULT_KINDS
+_COUNTERS = (
+    "requests",
+    "creates",
+    "replays",
+    "conflicts",
+    "key_reused",
+    *(f"fault.{kind}" for kind in FAULT_KINDS),
 )
 _START_TIMEOUT = 10.0
 
@@ -53,7 +58,9 @@ class ReferenceServer:
         token_ttl: lifetime of realtime tokens, in seconds.
         history_size: publications kept per realtime channel.
         history_ttl: seconds a publication is kept in history.
-        clock: wall clock (timestamps, token expiry, idempotency retention).
+        clock: wall clock (timestamps, token expiry, idempotency retention, history age).
+        connect_timeout: seconds a new WebSocket may take to send ``connect`` before it is
+            closed with 3502 (stale).
 
     Use as a context manager (``with ReferenceServer() as srv:``), or call :meth:`start`
     and :meth:`stop`.
@@ -72,6 +79,7 @@ class ReferenceServer:
         history_size: int = 1000,
         history_ttl: float = 300.0,
         clock: Callable[[], float] = time.time,
+        connect_timeout: float = 10.0,
     ) -> None:
         if ping_interval <= 0:
             raise ValueError("ping_interval must be > 0")
@@ -90,6 +98,7 @@ class ReferenceServer:
         self.token_ttl = float(token_ttl)
         self._history_size = history_size
         self._history_ttl = history_ttl
+        self._connect_timeout = connect_timeout
         self._streams: Streams | None = None
         self._lifecycle = threading.RLock()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -200,6 +209,7 @@ class ReferenceServer:
             faults=self._realtime_faults,
             ping_interval=lambda: self._ping_interval,
             version=f"chatsdk-reference/{__version__}",
+            connect_timeout=self._connect_timeout,
         )
         RestApi(
             store=self._store,

@@ -290,7 +290,9 @@ class Store:
             self._reactions[key] = wire
             return copy.deepcopy(wire), True
 
-    def remove_reaction(self, message_id: str, reaction: str, user_id: str) -> dict[str, Any] | None:
+    def remove_reaction(
+        self, message_id: str, reaction: str, user_id: str
+    ) -> dict[str, Any] | None:
         """Remove a reaction; returns it when it existed."""
         with self._lock:
             removed = self._reactions.pop((message_id, user_id, reaction), None)

@@ -25,7 +25,7 @@ __all__ = ["chatsdk_server", "chatsdk_server_factory"]
 @pytest.fixture
 def chatsdk_server_factory() -> Iterator[Callable[..., ReferenceServer]]:
     """A function making started ReferenceServers (stopped at teardown)."""
-    from chatsdk.testing import ReferenceServer
+    from chatsdk.testing import ReferenceServer  # noqa: PLC0415 - aiohttp only when used
 
     servers: list[ReferenceServer] = []
 

@@ -189,7 +189,12 @@ def test_edit_validation_names_the_field(srv: ReferenceServer, http: requests.Se
 
 @pytest.mark.parametrize(
     ("query", "field"),
-    [("limit=0", "limit"), ("limit=201", "limit"), ("limit=ten", "limit"), ("before=nope", "before")],
+    [
+        ("limit=0", "limit"),
+        ("limit=201", "limit"),
+        ("limit=ten", "limit"),
+        ("before=nope", "before"),
+    ],
 )
 def test_list_validation_names_the_field(
     srv: ReferenceServer, http: requests.Session, query: str, field: str
@@ -343,7 +348,9 @@ def test_proxy_style_html_error_bodies(http: requests.Session) -> None:
 
 
 def test_paging_newest_first(srv: ReferenceServer, http: requests.Session) -> None:
-    ids = [post_message(http, srv, {"channelId": "p", "text": f"m{i}"}).json()["id"] for i in range(7)]
+    ids = [
+        post_message(http, srv, {"channelId": "p", "text": f"m{i}"}).json()["id"] for i in range(7)
+    ]
     post_message(http, srv, {"channelId": "elsewhere", "text": "x"})
     url = f"{srv.url}/api/channels/p/messages"
     page = http.get(url, params={"limit": 3}, headers=KEY, timeout=5).json()
@@ -365,7 +372,14 @@ def test_paging_newest_first(srv: ReferenceServer, http: requests.Session) -> No
 def test_message_shape(srv: ReferenceServer, http: requests.Session) -> None:
     message = post_message(http, srv, {**GOOD, "parentId": "p1"}).json()
     assert set(message) == {
-        "id", "channelId", "text", "attachments", "parentId", "userId", "createdAt", "updatedAt",
+        "id",
+        "channelId",
+        "text",
+        "attachments",
+        "parentId",
+        "userId",
+        "createdAt",
+        "updatedAt",
     }
     assert message["parentId"] == "p1"
     assert message["updatedAt"] is None

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import attrs
 import pytest
@@ -378,3 +380,65 @@ def test_unique_keys_under_the_flaky_profile_never_duplicate() -> None:
                 pytest.fail("never created")
         texts = [m["text"] for m in srv.messages("flaky")]
         assert sorted(texts) == sorted(f"m{i}" for i in range(40))
+
+
+# -- lifecycle, plugin, packaging ----------------------------------------------------------
+
+
+def test_lifecycle_errors_and_helpers() -> None:
+    with pytest.raises(ValueError):
+        ReferenceServer(ping_interval=0)
+    with pytest.raises(ValueError):
+        ReferenceServer(token_ttl=0)
+    srv = ReferenceServer()
+    assert not srv.running
+    assert srv.publish("chat:early", {"n": 1}) == 1  # stopped: goes straight to history
+    srv.start(keep_state=True)
+    try:
+        assert "running" in repr(srv)
+        with pytest.raises(RuntimeError):
+            srv.start()
+        with pytest.raises(ValueError):
+            srv.outage(-1)
+        with pytest.raises(ValueError):
+            srv.ping_interval = 0
+        assert srv.publish("chat:early", {"n": 2}) == 2
+    finally:
+        srv.close()
+    srv.stop()  # idempotent
+    assert "stopped" in repr(srv)
+    with pytest.raises(RuntimeError):
+        srv.send_ping()
+
+
+def test_reset_counters(srv: ReferenceServer) -> None:
+    post(srv.url)
+    assert srv.counters()["requests"] == 1
+    srv.reset_counters()
+    assert srv.counters()["requests"] == 0
+    assert srv.ws_stats()["connects_total"] == 0
+
+
+def test_pytest_plugin_fixtures(
+    chatsdk_server: ReferenceServer, chatsdk_server_factory: Callable[..., ReferenceServer]
+) -> None:
+    assert chatsdk_server.running
+    assert post(chatsdk_server.url).status_code == 201
+    faulty = chatsdk_server_factory(faults="terrible")
+    assert faulty.running
+    assert faulty.faults == PROFILES["terrible"]
+    assert faulty.port != chatsdk_server.port
+
+
+def test_import_guard_names_the_extra() -> None:
+    code = (
+        "import sys; sys.modules['aiohttp'] = None\n"
+        "try:\n"
+        "    import chatsdk.testing\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert "pip install 'chatsdk[server]'" in result.stdout

@@ -51,7 +51,7 @@ class Ws:
     def __init__(self, url: str, timeout: float = 5.0) -> None:
         _OPEN.append(self)
         self.ws = websocket.WebSocket()
-        self.ws.connect(url, timeout=timeout)
+        self.ws.connect(url, timeout=timeout)  # type: ignore[no-untyped-call]
         self.pending: deque[dict[str, Any]] = deque()
         self.close_code: int | None = None
         self.close_reason = ""
@@ -76,7 +76,8 @@ class Ws:
                 self.send({})
 
     def _read_frame(self) -> None:
-        frame = self.ws.recv_frame()  # raw: no automatic close reply (the peer may be gone)
+        # Raw frames: no automatic close reply (the peer may be gone already).
+        frame = self.ws.recv_frame()  # type: ignore[no-untyped-call]
         opcode = frame.opcode
         if opcode == CLOSE:
             self.close_code = int.from_bytes(frame.data[:2], "big")
@@ -131,7 +132,7 @@ class Ws:
         except (OSError, websocket.WebSocketException):
             pass
         finally:
-            self.ws.shutdown()
+            self.ws.shutdown()  # type: ignore[no-untyped-call]
 
 
 def token(srv: ReferenceServer) -> str:
@@ -210,7 +211,11 @@ def test_every_rest_change_is_published(srv: ReferenceServer, ws: Ws) -> None:
     assert [p["pub"]["offset"] for p in pushes] == [1, 2, 3, 4, 5]
     types = [p["pub"]["data"]["type"] for p in pushes]
     assert types == [
-        "message.new", "message.updated", "reaction.added", "reaction.removed", "message.deleted",
+        "message.new",
+        "message.updated",
+        "reaction.added",
+        "reaction.removed",
+        "message.deleted",
     ]
     assert pushes[0]["pub"]["data"]["message"] == message
     assert pushes[1]["pub"]["data"]["message"]["text"] == "edited"
@@ -363,7 +368,7 @@ def test_history_command(srv: ReferenceServer, ws: Ws) -> None:
 
 
 def test_pings_pongs_and_3012_when_a_pong_is_missing() -> None:
-    with ReferenceServer(ping_interval=0.2) as srv:
+    with ReferenceServer(ping_interval=0.3) as srv:
         client = connect(srv)
         for _ in range(2):
             assert client.recv(timeout=2) == {}
@@ -490,15 +495,34 @@ def test_skipped_pushes_stay_in_history(srv: ReferenceServer, ws: Ws) -> None:
 
 
 def test_silent_server_sends_nothing_and_keeps_connections() -> None:
-    with ReferenceServer(ping_interval=0.1) as srv:
+    with ReferenceServer(ping_interval=0.5) as srv:
         client = connect(srv)
         client.send({"id": 2, "subscribe": {"channel": "chat:q"}})
         client.reply(2)
         srv.set_realtime_faults(silent=True)
         client.send({"id": 3, "history": {"channel": "chat:q"}})
         srv.publish("chat:q", {"x": 1})
-        assert client.quiet(0.5)
+        assert client.quiet(0.8)  # no reply, no push, no ping
         assert srv.ws_stats()["connections"] == 1
+        assert srv.ws_stats()["pings_sent"] == 0
         srv.set_realtime_faults()
-        assert client.command("history", {"channel": "chat:q", "limit": 5})["history"]["offset"] == 1
+        assert (
+            client.command("history", {"channel": "chat:q", "limit": 5})["history"]["offset"] == 1
+        )
         client.close()
+
+
+def test_no_connect_in_time_closes_3502() -> None:
+    with ReferenceServer(connect_timeout=0.2) as srv:
+        client = Ws(srv.ws_url)
+        assert client.closed_with() == 3502
+        assert client.close_reason == "stale"
+
+
+def test_binary_frames_are_read_as_json(srv: ReferenceServer) -> None:
+    client = Ws(srv.ws_url)
+    command = {"id": 1, "connect": {"token": token(srv)}}
+    client.ws.send_binary(json.dumps(command).encode())
+    assert "connect" in client.recv()
+    client.ws.send_binary(b"\xff\xfe")
+    assert client.closed_with() == 3501
