@@ -42,6 +42,7 @@ from chatsdk._exceptions import (
     ValidationError,
     WaitTimeoutError,
 )
+from chatsdk._idempotency import idempotency_key_for
 from chatsdk._models import Attachment, Message, Reaction
 from chatsdk._retry import calculate_backoff, parse_retry_after, retry_call, should_retry
 from chatsdk._session import ChatSession
@@ -91,6 +92,7 @@ __all__ = [
     "WaitTimeoutError",
     "__version__",
     "calculate_backoff",
+    "idempotency_key_for",
     "parse_retry_after",
     "retry_call",
     "should_retry",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-import uuid
 from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Literal, TypeVar
@@ -23,6 +22,7 @@ from chatsdk._exceptions import (
     error_for_response,
     excerpt,
 )
+from chatsdk._idempotency import Deduplicator, new_idempotency_key
 from chatsdk._models import Attachment, Message, Reaction
 from chatsdk._outbox import Outbox
 from chatsdk._outbox_models import Operation, OutboxEntry
@@ -43,14 +43,10 @@ __all__ = ["ChatClient"]
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+M = TypeVar("M", Message, Reaction)
 
 URL_ENV = "CHATSDK_URL"
 API_KEY_ENV = "CHATSDK_API_KEY"
-
-
-def new_idempotency_key() -> str:
-    """A fresh random key for one logical operation."""
-    return str(uuid.uuid4())
 
 
 def _path(*parts: str) -> str:
@@ -71,6 +67,9 @@ class ChatClient:
             ``base_url``, ``api_key``, ``retry``, ``timeout`` and ``breaker`` must not be given.
         outbox: an :class:`Outbox` or the path of its file: enables :meth:`queue_message`
             and :meth:`queue_reaction` and starts a background drainer thread.
+        dedup_window: seconds during which a repeat of the same ``send_message`` or
+            ``add_reaction`` without an explicit key (a double tap) returns the first call's
+            result instead of sending again; 0 turns it off.
         close_timeout: :meth:`close` flushes the outbox for at most this many seconds and
             leaves the rest on disk for the next process.
 
@@ -89,6 +88,7 @@ class ChatClient:
         session: ChatSession | None = None,
         outbox: str | os.PathLike[str] | Outbox | None = None,
         close_timeout: float = 10.0,
+        dedup_window: float = 1.0,
     ) -> None:
         if session is not None:
             given = [
@@ -116,6 +116,7 @@ class ChatClient:
                 raise ConfigurationError(f"no API key: pass api_key= or set ${API_KEY_ENV}")
             self.session = ChatSession(url, key, retry=retry, timeout=timeout, breaker=breaker)
         self.close_timeout = close_timeout
+        self._dedup = Deduplicator(dedup_window)
         self._outbox: Outbox | None = None
         self._drainer: Drainer | None = None
         if outbox is not None:
@@ -244,9 +245,8 @@ class ChatClient:
             TransportError: no response could be had, after retries.
         """
         body = message_body(channel_id, text, attachments, parent_id)
-        key = self._key(idempotency_key)
-        response = self._request("POST", "api/messages", json=body, idempotency_key=key)
-        return self._parse(response, Message.from_json, key)
+        key = None if idempotency_key is None else check_idempotency_key(idempotency_key)
+        return self._dedup.run("message", body, key, lambda k: self._create(body, k, Message))
 
     def edit_message(self, message_id: str, text: str) -> Message:
         """Replace a message's text (``PATCH``; idempotent, retried)."""
@@ -284,9 +284,8 @@ class ChatClient:
     ) -> Reaction:
         """Add a reaction; adding the same one again returns the existing Reaction."""
         body = reaction_body(message_id, reaction)
-        key = self._key(idempotency_key)
-        response = self._request("POST", "api/reactions", json=body, idempotency_key=key)
-        return self._parse(response, Reaction.from_json, key)
+        key = None if idempotency_key is None else check_idempotency_key(idempotency_key)
+        return self._dedup.run("reaction", body, key, lambda k: self._create(body, k, Reaction))
 
     def remove_reaction(self, message_id: str, reaction: str) -> None:
         """Remove a reaction (succeeds also when it was absent)."""
@@ -337,6 +336,12 @@ class ChatClient:
         return client
 
     # -- plumbing ------------------------------------------------------------------------
+
+    def _create(self, body: dict[str, Any], key: str, model: type[M]) -> M:
+        """POST one create under ``key`` and decode the created object."""
+        path = "api/messages" if model is Message else "api/reactions"
+        response = self._request("POST", path, json=body, idempotency_key=key)
+        return self._parse(response, model.from_json, key)
 
     @staticmethod
     def _key(idempotency_key: str | None) -> str:

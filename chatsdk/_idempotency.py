@@ -1,0 +1,207 @@
+"""Idempotency keys and in-process deduplication: one create per intent.
+
+Two layers keep a create from happening twice:
+
+- the server deduplicates by ``Idempotency-Key`` for 24 h (API.md), so a retry, a restart or
+  another process that reuses the key gets the stored answer;
+- this module deduplicates inside one client: concurrent calls with the same key share one
+  HTTP request (single-flight), and a repeat of the same create without an explicit key
+  within ``dedup_window`` seconds (a double tap) reuses the first call's key and result.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
+
+import attrs
+
+from chatsdk._exceptions import ConfigurationError, IdempotencyKeyReusedError
+
+__all__ = ["Deduplicator", "idempotency_key_for", "new_idempotency_key"]
+
+log = logging.getLogger(__name__)
+
+#: Namespace of the keys derived by :func:`idempotency_key_for`.
+_NAMESPACE = uuid.UUID("5b0c8a64-6f8e-4c4e-9a57-2b1f1ad5e0c1")
+
+
+class _Replayable(Protocol):
+    @property
+    def replayed(self) -> bool: ...
+
+
+R = TypeVar("R", bound=_Replayable)
+
+
+def new_idempotency_key() -> str:
+    """A fresh random key (UUID4) for one logical operation."""
+    return str(uuid.uuid4())
+
+
+def idempotency_key_for(*parts: object) -> str:
+    """A stable key derived from your own identifiers, e.g. ``("order-shipped", order_id)``.
+
+    The same parts always give the same key, in any process, on any day, so a job that runs
+    twice (a cron rerun, a redelivered webhook, two workers) creates its message once while the
+    server remembers the key (24 h). Parts are told apart by type and position: ``("a", 1)``,
+    ``("a", "1")`` and ``("a1",)`` give three different keys.
+
+    Raises:
+        ValueError: no parts were given.
+    """
+    if not parts:
+        raise ValueError("idempotency_key_for needs at least one part")
+    canonical = json.dumps(
+        [[type(p).__name__, p if isinstance(p, (str, int, float)) else str(p)] for p in parts],
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    return f"chatsdk-{uuid.uuid5(_NAMESPACE, canonical)}"
+
+
+def fingerprint(kind: str, body: dict[str, Any]) -> str:
+    """A digest of what an operation would create, to recognise a repeat of the same intent."""
+    canonical = json.dumps([kind, body], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class _Flight:
+    """One create in progress: its followers wait on ``done``."""
+
+    __slots__ = ("done", "error", "fingerprint", "followers", "result")
+
+    def __init__(self, print_: str) -> None:
+        self.fingerprint = print_
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+        #: callers sharing this flight's outcome instead of sending (for introspection).
+        self.followers = 0
+
+
+@attrs.define
+class _Tap:
+    """A recent create without an explicit key, remembered for the multi-tap window."""
+
+    key: str
+    started: float
+    result: Any = None
+
+
+class Deduplicator:
+    """Single-flight by key, and the multi-tap window by intent, for one client.
+
+    Args:
+        window: seconds, counted from the first call, during which a repeat of the same create
+            without an explicit key returns the first call's result; 0 turns the window off.
+        clock: a monotonic clock (inject for tests).
+        max_entries: intents remembered at most (older ones are forgotten first).
+
+    Thread-safe; memory is bounded by ``max_entries`` plus the creates in flight.
+    """
+
+    def __init__(
+        self,
+        window: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        max_entries: int = 4096,
+    ) -> None:
+        if not window >= 0:
+            raise ConfigurationError(f"dedup_window must be >= 0, got {window!r}")
+        self.window = window
+        self._clock = clock
+        self._max_entries = max_entries
+        self._lock = threading.Lock()
+        self._flights: dict[str, _Flight] = {}
+        self._taps: collections.OrderedDict[str, _Tap] = collections.OrderedDict()
+
+    def run(self, kind: str, body: dict[str, Any], key: str | None, send: Callable[[str], R]) -> R:
+        """Create once: call ``send(key)`` unless an identical create can answer for it.
+
+        Args:
+            kind: the operation (``"message"``, ``"reaction"``).
+            body: the wire body (identifies the intent).
+            key: the caller's explicit key, or None to let the window pick one.
+            send: performs the create under the given key.
+
+        Returns:
+            ``send``'s result, or the shared result of an identical create (``replayed``).
+
+        Raises:
+            IdempotencyKeyReusedError: the key is in flight here with a different body.
+        """
+        print_ = fingerprint(kind, body)
+        tap: _Tap | None = None
+        if key is None:
+            tap = self._tap(print_)
+            if tap is not None and tap.result is not None:
+                log.info(
+                    "multi-tap: a repeat of a %s sent %.3fs ago was answered locally",
+                    kind,
+                    self._clock() - tap.started,
+                )
+                return attrs.evolve(tap.result, replayed=True)  # type: ignore[no-any-return]
+            key = tap.key if tap is not None else new_idempotency_key()
+        result = self._single_flight(key, print_, send)
+        if tap is not None:
+            with self._lock:
+                tap.result = result
+        return result
+
+    def _tap(self, print_: str) -> _Tap | None:
+        """The window's entry for this intent, created if new; None when the window is off."""
+        if self.window <= 0:
+            return None
+        now = self._clock()
+        with self._lock:
+            self._forget(now)
+            tap = self._taps.get(print_)
+            if tap is None:
+                tap = self._taps[print_] = _Tap(new_idempotency_key(), now)
+            return tap
+
+    def _forget(self, now: float) -> None:
+        while self._taps:
+            oldest = next(iter(self._taps.values()))
+            if now - oldest.started < self.window and len(self._taps) < self._max_entries:
+                return
+            self._taps.popitem(last=False)
+
+    def _single_flight(self, key: str, print_: str, send: Callable[[str], R]) -> R:
+        with self._lock:
+            flight = self._flights.get(key)
+            leader = flight is None
+            if flight is None:
+                flight = self._flights[key] = _Flight(print_)
+            elif flight.fingerprint == print_:
+                flight.followers += 1
+        if not leader:
+            if flight.fingerprint != print_:
+                raise IdempotencyKeyReusedError(
+                    422,
+                    "idempotency_key_reused",
+                    f"key {key!r} is in flight in this client with a different body",
+                )
+            flight.done.wait()
+            if flight.error is not None:
+                raise flight.error
+            return attrs.evolve(flight.result, replayed=True)  # type: ignore[no-any-return]
+        try:
+            flight.result = send(key)
+        except BaseException as exc:
+            flight.error = exc
+            raise
+        finally:
+            with self._lock:
+                del self._flights[key]
+            flight.done.set()
+        return flight.result  # type: ignore[no-any-return]
