@@ -49,13 +49,16 @@ _MAX_STEP = 30
 _KEPT_DELAYS = 1000
 
 
-def reconnect_delay(step: int, min_delay: float, max_delay: float, rng: random.Random) -> float:
+def reconnect_delay(step: int, min_delay: float, max_delay: float, rng: random.Random, *,
+                    min_spread: float = 0.0) -> float:
     """The delay before the ``step``-th consecutive reconnect (``step`` from 0).
 
     ``min(max, min + U(0, min(max, min * 2**min(step, 30))))``: the centrifuge clients'
-    full-jitter formula with the exponent capped.
+    full-jitter formula with the exponent capped. ``min_spread`` widens the jitter range to
+    at least that many seconds (used while a restarted server comes back, so clients that
+    tried too early do not all return in the same instant).
     """
-    ceiling = min(max_delay, min_delay * 2 ** min(step, _MAX_STEP))
+    ceiling = max(min_spread, min(max_delay, min_delay * 2 ** min(step, _MAX_STEP)))
     return min(max_delay, min_delay + rng.uniform(0.0, ceiling))
 
 
@@ -77,6 +80,8 @@ class RealtimeStats:
         last_error: why the last attempt that opened no connection failed (handshake,
             token endpoint), or "".
         reconnect_delays: the delays waited before reconnects (the latest 1000).
+        reconnect_times: seconds from the end of a working connection to every subscription
+            being subscribed again on a new one (the latest 1000).
         recoveries: subscribe replies that filled a gap (``recovered: true``).
         recovery_failures: subscribe replies that could not (``on_recovery_failed``).
         duplicates_dropped: publications dropped as already handed over.
@@ -92,6 +97,7 @@ class RealtimeStats:
     last_close_reason: str
     last_error: str
     reconnect_delays: tuple[float, ...]
+    reconnect_times: tuple[float, ...]
     recoveries: int
     recovery_failures: int
     duplicates_dropped: int
@@ -111,6 +117,8 @@ class Counters:
     last_reason: str = ""
     last_error: str = ""
     delays: deque[float] = attrs.field(factory=lambda: deque(maxlen=_KEPT_DELAYS))
+    reconnect_times: deque[float] = attrs.field(factory=lambda: deque(maxlen=_KEPT_DELAYS))
+    down_since: float | None = None
     recoveries: int = 0
     recovery_failures: int = 0
     duplicates: int = 0
@@ -124,11 +132,24 @@ class Counters:
         return RealtimeStats(
             attempts=self.attempts, connects=self.connects, last_close_code=self.last_code,
             last_close_reason=self.last_reason, last_error=self.last_error,
-            reconnect_delays=tuple(self.delays),
+            reconnect_delays=tuple(self.delays), reconnect_times=tuple(self.reconnect_times),
             recoveries=self.recoveries, recovery_failures=self.recovery_failures,
             duplicates_dropped=self.duplicates, gaps=self.gaps, dropped_lines=self.dropped,
             pings=self.pings, pongs=self.pongs,
         )
+
+    def connection_lost(self, now: float) -> None:
+        """A working connection ended: the reconnect clock starts (unless it runs)."""
+        if self.down_since is None:
+            self.down_since = now
+
+    def maybe_restored(self, now: float, subs: dict[str, Subscription]) -> None:
+        """Stop the reconnect clock once every wanted subscription is subscribed."""
+        if self.down_since is None:
+            return
+        if all(sub.state is SubscriptionState.SUBSCRIBED for sub in subs.values() if sub.active):
+            self.reconnect_times.append(now - self.down_since)
+            self.down_since = None
 
     def count_drop(self, _reason: str) -> None:
         """One protocol line dropped."""
@@ -379,6 +400,7 @@ class Connection:
         self.session.on_connected(self)
         self._send(*(self._command("subscribe", sub.subscribe_params(), sub)
                      for sub in self.session.subs.values() if sub.active))
+        self.session.counters.maybe_restored(now, self.session.subs)
 
     def _on_subscribe_reply(self, reply: Reply, pending: _Pending) -> None:
         sub = pending.sub
@@ -402,6 +424,7 @@ class Connection:
             return
         result = parse_subscribe_result(reply.result("subscribe"))
         self._apply_step(sub, sub.on_subscribe_result(result))
+        self.session.counters.maybe_restored(self.session.clock(), subs)
 
     def _on_refresh_reply(self, reply: Reply) -> None:
         self._refreshing = False

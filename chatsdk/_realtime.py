@@ -16,8 +16,10 @@ thread, and anything tied to an older connection (a late refresh, a timer) is dr
 Reconnect policy: the n-th consecutive reconnect waits
 ``min(max, min + U(0, min(max, min * 2**min(n, 30))))``; the first reconnect after a working
 connection was closed by a restart or dropped (3001, 1001, 1006, 1012) waits
-``U(0, restart_spread)`` instead, so that many clients do not return in the same instant;
-``n`` resets once a connection stayed up ``stable_after`` seconds. Final close codes
+``U(0, restart_spread)`` instead, so that many clients do not return in the same instant
+(and while the restarted server is not back yet, the jitter range of the next attempts stays
+at least ``restart_spread`` wide); ``n`` resets once a connection stayed up
+``stable_after`` seconds. Final close codes
 (3500-3999, 4500-4999) and final connect errors stop the client.
 """
 
@@ -184,6 +186,7 @@ class RealtimeClient:
         self._counters = Counters()
         self._step = 0  # consecutive reconnects (backoff exponent)
         self._unconnected = 0  # consecutive attempts that never reached connected
+        self._restarting = False  # the last working connection ended with a restart code
         self._session = Session(
             lock=self._lock, subs=self._subs, dispatcher=self._dispatcher,
             counters=self._counters, clock=clock, rng=self._rng, timeout=self._timeout,
@@ -410,6 +413,7 @@ class RealtimeClient:
 
     def _on_connected(self, conn: Connection) -> None:
         self._unconnected = 0
+        self._restarting = False
         self._set_state(RealtimeState.CONNECTED)
         for listener in self._listeners:
             self._dispatcher.submit(listener)
@@ -480,7 +484,8 @@ class RealtimeClient:
         if outcome.connected_for is not None:
             if outcome.connected_for >= self._stable_after:
                 self._step = 0
-            if outcome.code in RESTART_CODES:
+            self._restarting = outcome.code in RESTART_CODES
+            if self._restarting:
                 delay = self._rng.uniform(0.0, self._restart_spread)
             else:
                 delay = reconnect_delay(self._step, self._min_delay, self._max_delay, self._rng)
@@ -493,7 +498,10 @@ class RealtimeClient:
                 f"gave up after {self._unconnected} attempts "
                 f"(last: {outcome.code} {outcome.reason})", code=outcome.code))
             return None
-        delay = reconnect_delay(self._step, self._min_delay, self._max_delay, self._rng)
+        # Still down after a restart: keep the jitter at least as wide as restart_spread, or
+        # the clients that came too early would all return together when it is back.
+        delay = reconnect_delay(self._step, self._min_delay, self._max_delay, self._rng,
+                                min_spread=self._restart_spread if self._restarting else 0.0)
         self._step += 1
         self._set_state(RealtimeState.SUSPENDED if self._unconnected >= self._suspend_after
                         else RealtimeState.CONNECTING)
@@ -550,6 +558,8 @@ class RealtimeClient:
             with self._lock:
                 conn.live = False
                 self._conn = None
+                if conn.connected_at is not None:
+                    self._counters.connection_lost(self._clock())
                 for sub in self._subs.values():
                     sub.connection_lost()
             ws.shutdown()

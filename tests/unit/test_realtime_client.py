@@ -400,6 +400,24 @@ def test_restart_spread_and_backoff_with_injected_random(
     assert client.stats().reconnect_delays == pytest.approx((0.07, 0.07, 0.07, 0.02, 0.03))
 
 
+def test_failed_attempts_after_a_restart_keep_the_restart_spread(
+        fake: FakeServer, make_client: Callable[..., RealtimeClient]) -> None:
+    refuse = {"on": True}
+    fake.connect_handler = lambda conn, params: (
+        {"id": 1, "error": {"code": 100, "message": "starting", "temporary": True}}
+        if refuse["on"] and len(fake.conns) > 1 else {"id": 1, "connect": {}})
+    client = make_client(fake.url, random=MaxRandom(), restart_spread=0.06,
+                         min_reconnect_delay=0.01, max_reconnect_delay=1.0)
+    client.connect()
+    assert client.wait_connected(WAIT)
+    fake.close(1012)
+    assert fake.wait_for(lambda: len(fake.conns) == 3)
+    refuse["on"] = False
+    assert client.wait_connected(WAIT)
+    # spread, then min + max(spread, formula) for each failure while the server restarts
+    assert client.stats().reconnect_delays[:2] == pytest.approx((0.06, 0.07))
+
+
 def test_backoff_resets_after_stable(fake: FakeServer,
                                      make_client: Callable[..., RealtimeClient]) -> None:
     client = make_client(fake.url, random=MaxRandom(), stable_after=0.2,
@@ -560,6 +578,7 @@ def test_resubscribe_recovers_after_reconnect(
     assert got.wait_count(4)
     assert got.offsets == [1, 2, 3, 4]
     assert client.stats().recoveries == 1
+    assert len(client.stats().reconnect_times) == 1
 
 
 def test_gap_triggers_resubscribe_and_recovery(

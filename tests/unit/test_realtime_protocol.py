@@ -53,6 +53,12 @@ def test_backoff_formula_lower_bound_is_min() -> None:
     assert all(reconnect_delay(n, 0.1, 10.0, MinRandom()) == 0.1 for n in range(40))
 
 
+def test_backoff_min_spread_widens_the_jitter() -> None:
+    assert reconnect_delay(0, 0.1, 10.0, MaxRandom(), min_spread=0.8) == pytest.approx(0.9)
+    assert reconnect_delay(5, 0.1, 10.0, MaxRandom(), min_spread=0.8) == pytest.approx(3.3)
+    assert reconnect_delay(0, 0.1, 0.5, MaxRandom(), min_spread=0.8) == 0.5
+
+
 def test_backoff_exponent_is_capped() -> None:
     assert reconnect_delay(10**6, 0.5, 20.0, MaxRandom()) == 20.0
 
