@@ -313,7 +313,8 @@ class ChatClient:
 
         Tokens come from ``POST /api/realtime/token`` on this client's session: one now
         (it also gives the WebSocket URL), then a fresh one before every later connection
-        attempt and refresh. With an outbox, every (re)connect wakes its drainer. Call
+        attempt and refresh. Connection attempts go through the session's ``ws:`` circuit
+        breaker for that host. With an outbox, every (re)connect wakes its drainer. Call
         ``connect()`` on the result; ``subscribe_channel(channel_id, on_event)`` gives
         typed chat events.
 
@@ -329,7 +330,9 @@ class ChatClient:
             response = self._request("POST", "api/realtime/token")
             return self._parse(response, lambda data, _replayed: data)
 
-        client = RealtimeClient.from_token_source(fetch, **options)
+        client = RealtimeClient.from_token_source(
+            fetch, breaker_for=lambda url: self.session.breaker_for(url, kind="ws"), **options
+        )
         drainer = self._drainer
         if drainer is not None:
             client.add_reconnect_listener(lambda: drainer.notify(expedite=True))

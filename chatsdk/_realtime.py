@@ -197,7 +197,12 @@ class RealtimeClient:
 
     @classmethod
     def from_token_source(
-        cls, fetch: Callable[[], Mapping[str, Any]], *, url: str | None = None, **options: Any
+        cls,
+        fetch: Callable[[], Mapping[str, Any]],
+        *,
+        url: str | None = None,
+        breaker_for: Callable[[str], BreakerLike | None] | None = None,
+        **options: Any,
     ) -> RealtimeClient:
         """Build a client from a token endpoint (``POST /api/realtime/token``).
 
@@ -208,6 +213,8 @@ class RealtimeClient:
         Args:
             fetch: returns one token body.
             url: overrides the body's ``url``.
+            breaker_for: gives the ``ws:`` breaker for the final URL (unless ``breaker=``
+                is among ``options``).
             **options: the other :class:`RealtimeClient` arguments.
 
         Raises:
@@ -222,7 +229,10 @@ class RealtimeClient:
             except IndexError:
                 return _token_body(fetch())[0]
 
-        return cls(url or first[1], get_token=get_token, **options)
+        final_url = url or first[1]
+        if breaker_for is not None and "breaker" not in options:
+            options["breaker"] = breaker_for(final_url)
+        return cls(final_url, get_token=get_token, **options)
 
     # ---------------------------------------------------------------- public API ----
 

@@ -273,6 +273,8 @@ def test_chat_client_realtime_typed_events(chatsdk_server: ReferenceServer) -> N
 
     with ChatClient(chatsdk_server.url, "test-key") as chat:
         realtime = chat.realtime(**FAST)
+        assert realtime._breaker is chat.session.breaker_for(realtime.url, kind="ws")
+        assert realtime._breaker is not None and realtime._breaker.name.startswith("ws:")
         try:
             realtime.connect()
             sub = realtime.subscribe_channel("general", on_event)
