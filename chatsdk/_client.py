@@ -122,7 +122,12 @@ class ChatClient:
         if outbox is not None:
             self._owns_outbox = not isinstance(outbox, Outbox)
             self._outbox = Outbox(outbox) if not isinstance(outbox, Outbox) else outbox
-            self._drainer = Drainer(self._outbox, self._deliver, retry=retry)
+            self._drainer = Drainer(
+                self._outbox,
+                self._deliver,
+                breaker_for=lambda _op: self.session.breaker_for(),
+                retry=retry,
+            )
             self._drainer.start()
 
     def __repr__(self) -> str:
