@@ -1,0 +1,21 @@
+"""The resilience drill behind ``chatsdk drill`` (workload, arms, grades, report)."""
+
+from __future__ import annotations
+
+from chatsdk._drill._grades import GRADES, grade
+from chatsdk._drill._progress import ProgressBar
+from chatsdk._drill._report import ArmResult, DrillReport, OutageFigures, render_table
+from chatsdk._drill._runner import SCENARIOS, DrillConfig, run_drill
+
+__all__ = [
+    "GRADES",
+    "SCENARIOS",
+    "ArmResult",
+    "DrillConfig",
+    "DrillReport",
+    "OutageFigures",
+    "ProgressBar",
+    "grade",
+    "render_table",
+    "run_drill",
+]

@@ -1,0 +1,191 @@
+"""The ``chatsdk`` command line: ``serve`` and ``drill``, run as a user would."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import requests
+
+from chatsdk._commands import serve
+from chatsdk._drill import GRADES
+from chatsdk.cli import build_parser, main
+
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def _read_url(proc: subprocess.Popen[str], deadline: float) -> str:
+    assert proc.stdout is not None
+    lines = []
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if line.strip().startswith("REST:"):
+            return line.split("REST:", 1)[1].strip()
+    raise AssertionError(f"serve printed no REST URL: {lines!r}")
+
+
+def test_serve_subprocess_answers_health_and_stops_on_sigint() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "chatsdk", "serve", "--port", "0", "--api-key", "cli-key"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
+    try:
+        url = _read_url(proc, time.monotonic() + 20)
+        assert url.startswith("http://127.0.0.1:")
+        assert requests.get(f"{url}/api/health", timeout=5).json() == {"status": "ok"}
+        response = requests.post(
+            f"{url}/api/messages",
+            json={"channelId": "c", "text": "hi"},
+            headers={"X-API-Key": "cli-key", "Idempotency-Key": "k-1"},
+            timeout=5,
+        )
+        assert response.status_code == 201
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert "stopped" in out
+    assert "Traceback" not in err
+
+
+def test_serve_prints_urls_and_key_and_stops_on_hook(capsys: pytest.CaptureFixture[str]) -> None:
+    args = build_parser().parse_args(["serve", "--port", "0", "--faults", "flaky"])
+    stop = threading.Event()
+    status: list[int] = []
+    thread = threading.Thread(target=lambda: status.append(serve.run(args, stop=stop)))
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        out = ""
+        while "Press Ctrl-C" not in out and time.monotonic() < deadline:
+            out += capsys.readouterr().out
+            time.sleep(0.02)  # polling captured output: there is no event to wait on
+        assert "API key:   test-key" in out and "faults: flaky" in out
+        url = next(line.split()[-1] for line in out.splitlines() if "REST:" in line)
+        ws = next(line.split()[-1] for line in out.splitlines() if "WebSocket:" in line)
+        assert ws.startswith("ws://127.0.0.1:") and ws.endswith("/connection/websocket")
+        assert requests.get(f"{url}/api/health", timeout=5).status_code == 200
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    assert status == [0]
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{url}/api/health", timeout=2)
+
+
+def test_serve_reports_a_busy_port(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        args = build_parser().parse_args(["serve", "--port", str(port)])
+        assert serve.run(args) == 1
+    assert "cannot listen" in capsys.readouterr().err
+
+
+def test_main_without_a_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    assert "drill" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["drill", "--messages", "0"],
+        ["drill", "--outage", "-1"],
+        ["drill", "--profile", "awful"],
+        ["drill", "--scenario", "nope"],
+        ["serve", "--faults", "awful"],
+    ],
+)
+def test_bad_arguments_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.startswith("chatsdk ")
+
+
+def test_drill_json_small_run() -> None:
+    started = time.monotonic()
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "chatsdk",
+            "drill",
+            "--messages",
+            "60",
+            "--threads",
+            "4",
+            "--json",
+            "--seed",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=90,
+        check=False,
+    )
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1, "--json prints one object and nothing else on stdout"
+    data = json.loads(lines[0])
+    assert data["profile"] == "terrible"
+    assert data["messages"] == 60
+    arms = data["arms"]
+    names = [arm["name"] for arm in arms]
+    assert all(any(word in n for word in ("requests", "urllib3", "chatsdk")) for n in names)
+    for arm in arms:
+        assert isinstance(arm["name"], str)
+        for key in (
+            "delivered_exactly_once_pct",
+            "caller_errors_pct",
+            "requests_per_message",
+            "mean_retry_delay_ms",
+        ):
+            assert isinstance(arm[key], float), (arm["name"], key)
+        assert isinstance(arm["duplicates"], int) and isinstance(arm["lost"], int)
+        assert set(arm["latency_ms"]) == {"mean", "p99"}
+        assert 0 <= arm["latency_ms"]["mean"] <= arm["latency_ms"]["p99"]
+        assert 0.0 <= arm["delivered_exactly_once_pct"] <= 100.0
+        assert 0.0 <= arm["caller_errors_pct"] <= 100.0
+        assert arm["grade"] in GRADES
+    by_name = {arm["name"]: arm for arm in arms}
+    plain = by_name["requests (no retry)"]
+    assert plain["lost"] > 0 or plain["caller_errors_pct"] > 0
+    assert plain["mean_retry_delay_ms"] == 0.0
+    assert plain["requests_per_message"] == 1.0
+    urllib3_arm = next(a for a in arms if "urllib3" in a["name"])
+    assert urllib3_arm["requests_per_message"] > 1.0
+    chatsdk_arms = [a for a in arms if "chatsdk" in a["name"]]
+    assert chatsdk_arms
+    for arm in chatsdk_arms:
+        assert arm["duplicates"] == 0, arm
+        assert arm["requests_per_message"] > 1.0  # it retried: the profile is terrible
+        assert arm["mean_retry_delay_ms"] > 0.0
+    assert elapsed < 60
