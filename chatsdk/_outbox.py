@@ -25,8 +25,6 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import attrs
-
 from chatsdk._exceptions import OutboxError, WaitTimeoutError
 from chatsdk._models import Message, Reaction
 from chatsdk._outbox_db import Database, Durability
@@ -51,6 +49,17 @@ TERMINAL = ("sent", "failed", "expired")
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 _POLL = 1.0  # at most this long between looks at the file for other processes' work
 _PENDING = "status IN ('queued', 'sending')"  # the partial index's condition, verbatim
+
+# Positions in a row of COLUMNS, for the claim's hot loop.
+_STATUS, _ATTEMPTS, _CREATED, _NEXT_AT, _OWNER, _LEASE_EXPIRES = 5, 6, 7, 8, 9, 10
+assert [c.strip() for c in COLUMNS.split(",")][5:11] == [
+    "status",
+    "attempts",
+    "created_at",
+    "next_attempt_at",
+    "lease_owner",
+    "lease_expires_at",
+]
 
 # Every statement is built from the constants here; values always go in as parameters.
 _INSERT = (
@@ -411,33 +420,29 @@ class Outbox:
 
         def take(conn: sqlite3.Connection) -> tuple[list[OutboxEntry[Any]], float | None]:
             now = self._clock()
-            heads = [entry_from_row(self, row) for row in conn.execute(_HEADS)]
-            if any(e.created_at <= now - self.max_age for e in heads):
+            # Raw rows: only the heads actually claimed are decoded into entries.
+            heads = conn.execute(_HEADS).fetchall()
+            if any(row[_CREATED] <= now - self.max_age for row in heads):
                 self._expire(conn, now)
-                heads = [entry_from_row(self, row) for row in conn.execute(_HEADS)]
+                heads = conn.execute(_HEADS).fetchall()
             claimed: list[OutboxEntry[Any]] = []
             next_due: float | None = None
-            for head in heads:
-                if head.status == "queued":
-                    due = head.next_attempt_at
-                elif head.lease_owner == owner:
+            for row in heads:
+                if row[_STATUS] == "queued":
+                    due = row[_NEXT_AT]
+                elif row[_OWNER] == owner:
                     continue  # ours, in flight
-                elif _owner_alive(head.lease_owner, host):
-                    due = head.lease_expires_at or 0.0
+                elif _owner_alive(row[_OWNER], host):
+                    due = row[_LEASE_EXPIRES] or 0.0
                 else:
                     due = now
                 if due <= now and len(claimed) < limit:
                     expires = now + self.lease_seconds
-                    conn.execute(_CLAIM, (owner, expires, head.id))
-                    claimed.append(
-                        attrs.evolve(
-                            head,
-                            status="sending",
-                            attempts=head.attempts + 1,
-                            lease_owner=owner,
-                            lease_expires_at=expires,
-                        )
-                    )
+                    conn.execute(_CLAIM, (owner, expires, row[0]))
+                    row = list(row)  # noqa: PLW2901
+                    row[_STATUS], row[_ATTEMPTS] = "sending", row[_ATTEMPTS] + 1
+                    row[_OWNER], row[_LEASE_EXPIRES] = owner, expires
+                    claimed.append(entry_from_row(self, tuple(row)))
                 elif next_due is None or due < next_due:
                     next_due = due
             return claimed, next_due

@@ -1,0 +1,207 @@
+"""Outbox benchmarks, figures side by side in one run.
+
+1. Durable enqueue, one thread, one commit per message, for both durabilities: chatsdk's
+   ``Outbox.enqueue`` vs a bare ``sqlite3`` insert loop into the same table with the same
+   pragmas vs persist-queue's ``SQLiteAckQueue.put`` (WAL, SQLite's default full sync).
+   Targets: >= 0.8x the bare loop; at ``normal``, >= 2x persist-queue.
+2. Drain: 5,000 queued messages to a local reference server (in its own process, no
+   faults), messages/s vs ``send_message`` in a loop. Target >= 1x.
+3. Memory: RSS added by 100,000 queued entries. Target < 20 MB.
+
+Run: ``python benchmarks/bench_outbox.py`` (``--quick`` for smaller counts).
+Rounds are interleaved and the median is reported: this machine is shared and noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from chatsdk._client import ChatClient
+from chatsdk._outbox import Outbox
+from chatsdk._outbox_db import _MIGRATIONS, APPLICATION_ID, SCHEMA_VERSION
+
+KEY = "test-key"
+BODY = {"channelId": "bench", "text": "hello, outbox", "attachments": [], "parentId": None}
+SERVER = textwrap.dedent(
+    """
+    import sys
+    from chatsdk.testing import ReferenceServer
+    with ReferenceServer(api_keys=("test-key",), history_size=10) as srv:
+        print(srv.url, flush=True)
+        sys.stdin.readline()
+    """
+)
+
+
+def rate(n: int, fn: Callable[[int], None]) -> float:
+    started = time.perf_counter()
+    for i in range(n):
+        fn(i)
+    return n / (time.perf_counter() - started)
+
+
+def bench_outbox(path: Path, durability: str, n: int) -> float:
+    with Outbox(path, durability=durability) as box:  # type: ignore[arg-type]
+        return rate(n, lambda _i: box.enqueue("message", "bench", BODY))
+
+
+def bench_bare(path: Path, durability: str, n: int) -> float:
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={durability.upper()}")
+    for step in _MIGRATIONS:
+        for statement in step.split(";"):
+            conn.execute(statement)
+    conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+    insert = (
+        "INSERT INTO entries (kind, channel, idempotency_key, body, created_at, next_attempt_at)"
+        " VALUES (?, ?, ?, ?, ?, ?)"
+    )
+
+    def one(_i: int) -> None:
+        now = time.time()
+        key = str(uuid.uuid4())
+        conn.execute(insert, ("message", "bench", key, json.dumps(BODY), now, now))
+
+    try:
+        return rate(n, one)
+    finally:
+        conn.close()
+
+
+def bench_persist_queue(path: Path, n: int) -> float:
+    from persistqueue import SQLiteAckQueue  # noqa: PLC0415
+
+    queue = SQLiteAckQueue(str(path), auto_commit=True, multithreading=False)
+    return rate(n, lambda _i: queue.put({"key": str(uuid.uuid4()), "body": BODY}))
+
+
+def enqueue_section(workdir: Path, rounds: int, counts: dict[str, int]) -> None:
+    print("== durable enqueue, one thread, one commit per message (median of rounds) ==")
+    results: dict[str, list[float]] = {}
+    for r in range(rounds):
+        for durability in ("normal", "full"):
+            n = counts[durability]
+            for name, fn in (
+                ("chatsdk", lambda p, d=durability, k=n: bench_outbox(p, d, k)),
+                ("bare", lambda p, d=durability, k=n: bench_bare(p, d, k)),
+            ):
+                path = workdir / f"{name}-{durability}-{r}.db"
+                results.setdefault(f"{name}/{durability}", []).append(fn(path))
+        path = workdir / f"pq-{r}"
+        results.setdefault("persist-queue", []).append(bench_persist_queue(path, counts["full"]))
+    med = {k: statistics.median(v) for k, v in results.items()}
+    for durability in ("normal", "full"):
+        ours, bare = med[f"chatsdk/{durability}"], med[f"bare/{durability}"]
+        print(
+            f"  {durability:6}  chatsdk {ours:8.0f}/s   bare sqlite3 {bare:8.0f}/s   "
+            f"ratio {ours / bare:4.2f}x (target >= 0.80x) {'ok' if ours >= 0.8 * bare else 'MISS'}"
+        )
+    pq = med["persist-queue"]
+    ours = med["chatsdk/normal"]
+    print(
+        f"  persist-queue SQLiteAckQueue.put {pq:8.0f}/s;   chatsdk normal / persist-queue "
+        f"{ours / pq:4.2f}x (target >= 2x) {'ok' if ours >= 2 * pq else 'MISS'}"
+    )
+    print(f"  rounds: { {k: [round(x) for x in v] for k, v in results.items()} }")
+
+
+def drain_section(workdir: Path, n: int, loop_n: int) -> None:
+    print(
+        f"== drain of {n} queued messages vs send_message in a loop (server in its own process) =="
+    )
+    server = subprocess.Popen(
+        [sys.executable, "-c", SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert server.stdin is not None and server.stdout is not None
+    url = server.stdout.readline().strip()
+    try:
+        with ChatClient(url, KEY) as client:
+            client.send_message("warmup", "x")
+            loop = rate(loop_n, lambda i: client.send_message(f"loop{i % 20}", f"m{i}"))
+        for channels in (20, 1):
+            path = workdir / f"drain-{channels}.db"
+            with Outbox(path) as box:
+                for i in range(n):
+                    channel = f"d{channels}-{i % channels}"
+                    box.enqueue("message", channel, dict(BODY, channelId=channel))
+            started = time.perf_counter()
+            with ChatClient(url, KEY, outbox=path) as client:
+                assert client.flush(600)
+            drained = n / (time.perf_counter() - started)
+            verdict = "ok" if drained >= loop else "MISS"
+            print(
+                f"  {channels:2} channel(s): drain {drained:6.0f} msg/s   send_message loop "
+                f"{loop:6.0f} msg/s   ratio {drained / loop:4.2f}x (target >= 1x) {verdict}"
+            )
+    finally:
+        server.stdin.close()
+        server.wait(30)
+        server.stdout.close()
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")  # pragma: no cover
+
+
+def memory_section(workdir: Path, n: int) -> None:
+    print(f"== memory: RSS added by {n} queued entries ==")
+    before = rss_mb()
+    box = Outbox(workdir / "memory.db")
+    for i in range(n):
+        box.enqueue("message", f"c{i % 50}", BODY)
+    stats = box.stats()
+    box.claim(4)  # the drainer's query over all of them
+    after = rss_mb()
+    box.close()
+    added = after - before
+    print(
+        f"  {stats.queued} queued: RSS {before:.1f} -> {after:.1f} MB, added {added:.1f} MB "
+        f"(target < 20 MB) {'ok' if added < 20 else 'MISS'}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller counts, fewer rounds")
+    args = parser.parse_args(argv)
+    rounds = 1 if args.quick else 3
+    counts: dict[str, Any] = (
+        {"normal": 500, "full": 200}
+        if args.quick
+        else {
+            "normal": 3000,
+            "full": 600,
+        }
+    )
+    with tempfile.TemporaryDirectory(prefix="bench-outbox-") as tmp:
+        workdir = Path(tmp)
+        print(
+            f"python {sys.version.split()[0]}, sqlite {sqlite3.sqlite_version}, {os.cpu_count()} cpus"
+        )
+        enqueue_section(workdir, rounds, counts)
+        drain_section(workdir, 500 if args.quick else 5000, 200 if args.quick else 1000)
+        memory_section(workdir, 5000 if args.quick else 100_000)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
