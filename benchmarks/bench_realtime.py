@@ -291,6 +291,11 @@ def run_centrifuge(args: argparse.Namespace) -> Result:
     async def teardown() -> None:
         for client in clients:
             await client.disconnect()
+        current = asyncio.current_task()
+        leftovers = [t for t in asyncio.all_tasks() if t is not current]
+        for task in leftovers:
+            task.cancel()
+        await asyncio.gather(*leftovers, return_exceptions=True)
 
     asyncio.run_coroutine_threadsafe(setup(), loop).result(60)
 
@@ -359,6 +364,7 @@ def main() -> None:
     parser.add_argument("--skip-centrifuge", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     results = [run_chatsdk(args)]
     if not args.skip_centrifuge:
         try:
