@@ -48,6 +48,7 @@ def main() -> None:
     url = f"http://127.0.0.1:{server.server_address[1]}"
 
     plain = requests.Session()
+    plain.headers["X-API-Key"] = "bench-key"  # the same request on the wire as ChatSession's
     chat = ChatSession(url, "bench-key")
     arms = {
         "requests.Session": (plain, f"{url}/api/health"),

@@ -108,14 +108,8 @@ class ResilientAdapter(HTTPAdapter):
         instead of waiting through the remaining attempts.
         """
         op = _Operation(self, request, timeout)
-        retrying = tenacity.Retrying(
-            retry=op.decide,
-            wait=op.wait,
-            sleep=self._sleep,
-            before_sleep=op.before_sleep,
-        )
         try:
-            response: requests.Response = retrying(op.attempt, stream, verify, cert, proxies)
+            response = op.run(stream, verify, cert, proxies)
         except ChatSDKError as exc:
             final = op.final(exc)
             if final is exc:
@@ -145,11 +139,59 @@ class _Operation:
         self.attempts = 0
         self.delay = 0.0
         self.reason = ""
-        host = host_of(request.url or "")
-        self.breaker: CircuitBreaker | None = adapter.hosts.breaker(f"rest:{host}")
-        self.budget: RetryBudget | None = adapter.hosts.budget(host)
+        host = adapter.hosts.get(f"rest:{host_of(request.url or '')}")
+        self.breaker: CircuitBreaker | None = host.breaker
+        self.budget: RetryBudget | None = host.budget
         #: set when the loop stopped because the circuit opened with attempts left.
         self.open_error: CircuitBreakerOpenError | None = None
+        #: the first attempt's outcome, handed to the retry loop as its attempt 1.
+        self._first: requests.Response | ChatSDKError | None = None
+
+    def run(
+        self,
+        stream: bool,
+        verify: bool | str,
+        cert: str | tuple[str, str] | None,
+        proxies: Mapping[str, str] | None,
+    ) -> requests.Response:
+        """Make attempt 1, and enter the tenacity retry loop only if it did not succeed.
+
+        Every retry goes through the one tenacity loop; a first attempt whose status is not
+        retryable ends the operation without building it (the success path is every call's
+        path, and the loop's bookkeeping would be most of the SDK's overhead there).
+        """
+        try:
+            response = self.attempt(stream, verify, cert, proxies)
+        except ChatSDKError as exc:
+            self._first = exc
+        else:
+            status = response.status_code
+            if status not in self.policy.retry_statuses and status != 409:
+                return response
+            self._first = response
+        retrying = tenacity.Retrying(
+            retry=self.decide,
+            wait=self.wait,
+            sleep=self.adapter._sleep,
+            before_sleep=self.before_sleep,
+        )
+        result: requests.Response = retrying(self._next, stream, verify, cert, proxies)
+        return result
+
+    def _next(
+        self,
+        stream: bool,
+        verify: bool | str,
+        cert: str | tuple[str, str] | None,
+        proxies: Mapping[str, str] | None,
+    ) -> requests.Response:
+        """The loop's attempt: the first outcome once, then real attempts."""
+        first, self._first = self._first, None
+        if first is None:
+            return self.attempt(stream, verify, cert, proxies)
+        if isinstance(first, ChatSDKError):
+            raise first
+        return first
 
     def final(self, error: ChatSDKError) -> ChatSDKError:
         """Stamp the operation's context on the error it ends with."""

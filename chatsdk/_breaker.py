@@ -388,10 +388,11 @@ class CircuitBreaker:
                 return []
             self._outcomes.append((now, outcome == _FAILURE))
             self._prune(now)
+            if outcome != _FAILURE:  # only a failure can open: skip the count on success
+                return []
             failures = sum(1 for _, failed in self._outcomes if failed)
             if (
-                outcome == _FAILURE
-                and failures >= self._policy.failure_threshold
+                failures >= self._policy.failure_threshold
                 and failures / len(self._outcomes) >= self._policy.failure_rate
             ):
                 return self._open(now, failures=failures, hold_open_for=hold_open_for)

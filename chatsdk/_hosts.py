@@ -1,22 +1,25 @@
 """Per-host transport state: one circuit breaker and one retry budget per ``scheme://host:port``.
 
 REST and WebSocket traffic to the same host get separate breakers (``rest:`` and ``ws:``
-names), so the realtime client can fail over on its own schedule. Both registries are
-bounded: breakers of idle, CLOSED hosts and budgets of idle hosts are evicted first.
+names), so the realtime client can fail over on its own schedule. The registry is bounded:
+idle hosts whose circuits are CLOSED are evicted first.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
+import attrs
+
 from chatsdk._breaker import BoundedRegistry, BreakerSnapshot, CircuitBreaker, CircuitState
 from chatsdk._budget import RetryBudget
 from chatsdk._config import BreakerPolicy, RetryPolicy
 
-__all__ = ["HostState", "host_of"]
+__all__ = ["Host", "HostState", "host_of"]
 
 Listener = Callable[[CircuitBreaker, CircuitState, CircuitState], None]
 
@@ -25,10 +28,25 @@ _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 
 def host_of(url: str) -> str:
     """``scheme://host:port`` of a URL, lower-cased, with the default port filled in."""
-    parts = urlsplit(url)
+    # Every request goes through here: parse only the origin part, and remember it.
+    end = url.find("/", url.find("://") + 3)
+    return _origin(url if end < 0 else url[:end])
+
+
+@functools.lru_cache(maxsize=512)
+def _origin(prefix: str) -> str:
+    parts = urlsplit(prefix)
     scheme = parts.scheme.lower()
     port = parts.port or _DEFAULT_PORTS.get(scheme)
     return f"{scheme}://{(parts.hostname or '').lower()}:{port}"
+
+
+@attrs.frozen
+class Host:
+    """What one kind of traffic (``rest`` or ``ws``) to one host shares across threads."""
+
+    breaker: CircuitBreaker | None
+    budget: RetryBudget | None
 
 
 class HostState:
@@ -50,45 +68,45 @@ class HostState:
         max_hosts: int = 256,
     ) -> None:
         self.policy = breaker
+        self._retry = retry
         self._clock = clock
         self._listeners: list[Listener] = []
         self._listeners_lock = threading.Lock()
-        self._breakers: BoundedRegistry[CircuitBreaker] = BoundedRegistry(
-            self._new_breaker,
+        self._hosts: BoundedRegistry[Host] = BoundedRegistry(
+            self._new_host,
             max_size=max_hosts,
-            evictable=lambda b: b.state is CircuitState.CLOSED,
+            evictable=lambda h: h.breaker is None or h.breaker.state is CircuitState.CLOSED,
         )
-        capacity, refund = retry.budget_capacity, retry.budget_refund
-        self._budgets: BoundedRegistry[RetryBudget] | None = (
-            None
-            if capacity is None
-            else BoundedRegistry(lambda _name: RetryBudget(capacity, refund), max_size=max_hosts)
-        )
+
+    def get(self, name: str) -> Host:
+        """The state named ``rest:<host>`` or ``ws:<host>`` (see :func:`host_of`)."""
+        return self._hosts.get(name)
 
     def breaker(self, name: str) -> CircuitBreaker | None:
         """The breaker named ``rest:<host>`` or ``ws:<host>``; None when breaking is off."""
-        if self.policy is None:
-            return None
-        return self._breakers.get(name)
-
-    def budget(self, host: str) -> RetryBudget | None:
-        """The retry budget of ``host``; None when budgets are off."""
-        return None if self._budgets is None else self._budgets.get(host)
+        return self._hosts.get(name).breaker
 
     def snapshots(self) -> dict[str, BreakerSnapshot]:
         """Each known breaker's name mapped to its snapshot."""
-        return {name: b.snapshot() for name, b in self._breakers.items()}
+        return {
+            name: host.breaker.snapshot()
+            for name, host in self._hosts.items()
+            if host.breaker is not None
+        }
 
     def add_listener(self, callback: Listener) -> None:
         """Call ``callback(breaker, old, new)`` on every state change of every host's breaker."""
         with self._listeners_lock:
             self._listeners.append(callback)
 
-    def _new_breaker(self, name: str) -> CircuitBreaker:
-        assert self.policy is not None
-        breaker = CircuitBreaker.from_policy(name, self.policy, clock=self._clock)
-        breaker.add_listener(self._announce)
-        return breaker
+    def _new_host(self, name: str) -> Host:
+        breaker = None
+        if self.policy is not None:
+            breaker = CircuitBreaker.from_policy(name, self.policy, clock=self._clock)
+            breaker.add_listener(self._announce)
+        capacity = self._retry.budget_capacity
+        budget = None if capacity is None else RetryBudget(capacity, self._retry.budget_refund)
+        return Host(breaker, budget)
 
     def _announce(self, breaker: CircuitBreaker, old: CircuitState, new: CircuitState) -> None:
         with self._listeners_lock:

@@ -125,7 +125,7 @@ def test_transport_failures_count_and_breaker_false_turns_it_off(sleep, clock) -
         with pytest.raises(requests.ConnectionError):
             session.get("/api/health")
     assert session.breakers == {} and session.breaker_for() is None
-    assert session.adapter.hosts.budget("http://chat.test:80") is None
+    assert session.adapter.hosts.get("rest:http://chat.test:80").budget is None
     assert len(responses.calls) == 5 + 15
 
 
@@ -169,5 +169,5 @@ def test_the_budget_lets_30_percent_transient_failures_through(sleep, clock) -> 
             cut_short += exc.attempts != 5
     assert cut_short == 0  # the budget never refused a retry
     assert failed <= 15
-    budget = chat.session.adapter.hosts.budget("http://chat.test:80")
+    budget = chat.session.adapter.hosts.get("rest:http://chat.test:80").budget
     assert budget is not None and budget.tokens > 5
