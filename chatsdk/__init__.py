@@ -13,6 +13,7 @@ from chatsdk._breaker import BreakerSnapshot, CircuitBreaker, CircuitState, Perm
 from chatsdk._budget import RetryBudget
 from chatsdk._client import ChatClient
 from chatsdk._config import DEFAULT_RETRY_POLICY, BreakerPolicy, RetryPolicy
+from chatsdk._events import ChatEvent, MessageEvent, ReactionEvent
 from chatsdk._exceptions import (
     APIError,
     BadRequestError,
@@ -44,8 +45,11 @@ from chatsdk._exceptions import (
 )
 from chatsdk._idempotency import idempotency_key_for
 from chatsdk._models import Attachment, Message, Reaction
+from chatsdk._outbox import Outbox, OutboxEntry, OutboxStats
+from chatsdk._realtime import RealtimeClient, RealtimeState, RealtimeStats
 from chatsdk._retry import calculate_backoff, parse_retry_after, retry_call, should_retry
 from chatsdk._session import ChatSession
+from chatsdk._subscription import Publication, StreamPosition, Subscription, SubscriptionState
 from chatsdk._version import __version__
 
 __all__ = [
@@ -55,6 +59,7 @@ __all__ = [
     "BreakerPolicy",
     "BreakerSnapshot",
     "ChatClient",
+    "ChatEvent",
     "ChatSDKError",
     "ChatSession",
     "CircuitBreaker",
@@ -70,20 +75,32 @@ __all__ = [
     "IdempotencyKeyReusedError",
     "InvalidResponseError",
     "Message",
+    "MessageEvent",
     "NotFoundError",
+    "Outbox",
     "OutboxCorruptError",
+    "OutboxEntry",
     "OutboxEntryExpiredError",
     "OutboxError",
+    "OutboxStats",
     "PayloadTooLargeError",
     "Permit",
+    "Publication",
     "RateLimitedError",
     "Reaction",
+    "ReactionEvent",
+    "RealtimeClient",
     "RealtimeError",
+    "RealtimeState",
+    "RealtimeStats",
     "RequestTimeoutError",
     "ResilientAdapter",
     "RetryBudget",
     "RetryPolicy",
     "ServerError",
+    "StreamPosition",
+    "Subscription",
+    "SubscriptionState",
     "TransportError",
     "TransportTimeoutError",
     "UnauthorizedError",
