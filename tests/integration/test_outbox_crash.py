@@ -100,6 +100,13 @@ DRAINER = textwrap.dedent(
 )
 
 
+def child_env() -> dict[str, str]:
+    """The environment without pytest-cov's subprocess hooks: forked workers that exit with
+    os._exit would share (and corrupt) a coverage data file; the outbox modules are
+    measured in-process anyway."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("COV_CORE_")}
+
+
 @pytest.fixture
 def server() -> Iterator[ReferenceServer]:
     with ReferenceServer(api_keys=(KEY,)) as srv:
@@ -122,6 +129,7 @@ def test_kill_9_at_50_random_points_delivers_each_message_once_in_order(
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
+        env=child_env(),
     )
     assert zygote.stdin is not None and zygote.stdout is not None
     started = time.monotonic()
@@ -188,6 +196,7 @@ def test_two_processes_draining_one_file_send_each_message_once(
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
+            env=child_env(),
         )
         for _ in range(2)
     ]
