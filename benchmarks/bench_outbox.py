@@ -194,9 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     with tempfile.TemporaryDirectory(prefix="bench-outbox-") as tmp:
         workdir = Path(tmp)
-        print(
-            f"python {sys.version.split()[0]}, sqlite {sqlite3.sqlite_version}, {os.cpu_count()} cpus"
-        )
+        version = sys.version.split()[0]
+        print(f"python {version}, sqlite {sqlite3.sqlite_version}, {os.cpu_count()} cpus")
         enqueue_section(workdir, rounds, counts)
         drain_section(workdir, 500 if args.quick else 5000, 200 if args.quick else 1000)
         memory_section(workdir, 5000 if args.quick else 100_000)
