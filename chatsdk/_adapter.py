@@ -84,11 +84,26 @@ class ResilientAdapter(HTTPAdapter):
         # urllib3 must not retry on its own; read=False re-raises read errors to our loop.
         super().__init__(max_retries=Retry(0, read=False), **pool_kwargs)
         self.retry = retry or DEFAULT_RETRY_POLICY
-        policy = None if breaker is False else (breaker or BreakerPolicy())
-        self.hosts = HostState(policy, self.retry, clock=clock)
+        self._breaker_policy = None if breaker is False else (breaker or BreakerPolicy())
+        self.hosts = HostState(self._breaker_policy, self.retry, clock=clock)
         self._sleep = sleep
         self._clock = clock
         self._rand = rand
+
+    def reset_after_fork(self) -> None:
+        """In a forked child: new connection pools and host state, nothing shared.
+
+        The parent's pooled sockets must never be used by two processes, and a lock held by
+        another thread at fork time would never be released in the child. The old pools are
+        dropped, not closed: their sockets still belong to the parent.
+        """
+        # HTTPAdapter keeps its pool settings in these (untyped) attributes.
+        pool: dict[str, Any] = vars(self)
+        self.init_poolmanager(
+            pool["_pool_connections"], pool["_pool_maxsize"], block=pool["_pool_block"]
+        )
+        self.proxy_manager = {}
+        self.hosts = HostState(self._breaker_policy, self.retry, clock=self._clock)
 
     def send(  # type: ignore[override]
         self,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import platform
+import weakref
 from collections.abc import Callable
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -27,6 +29,19 @@ USER_AGENT = (
     f"chatsdk/{__version__} python-requests/{requests.__version__} "
     f"{platform.python_implementation()}/{platform.python_version()}"
 )
+
+
+#: Live sessions, so a forked child can give each one fresh connection pools.
+_SESSIONS: weakref.WeakSet[ChatSession] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for session in list(_SESSIONS):
+        session.adapter.reset_after_fork()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:
@@ -99,6 +114,7 @@ class ChatSession(requests.Session):
         self._base_host = host_of(self.base_url)
         self.mount("http://", self.adapter)
         self.mount("https://", self.adapter)
+        _SESSIONS.add(self)
 
     def __repr__(self) -> str:
         return f"<ChatSession {self.base_url}>"
