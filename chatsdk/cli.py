@@ -4,6 +4,7 @@ Subcommands:
 
 - ``chatsdk serve``: run the bundled reference server until Ctrl-C;
 - ``chatsdk drill``: the resilience drill, every way of sending side by side on a bad network;
+- ``chatsdk outbox``: inspect, retry, purge and drain an outbox file;
 
 Each lives in its own module under :mod:`chatsdk._commands` with ``add_parser(subparsers)``.
 This is the only part of chatsdk that prints; everything else logs.
@@ -16,19 +17,19 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from chatsdk._commands import drill, serve
+from chatsdk._commands import drill, outbox, serve
 from chatsdk._version import __version__
 
 __all__ = ["build_parser", "main"]
 
-_COMMANDS = (serve, drill)
+_COMMANDS = (serve, drill, outbox)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``chatsdk`` argument parser with every subcommand."""
     parser = argparse.ArgumentParser(
         prog="chatsdk",
-        description="ChatSDK command line: a reference server and a resilience drill.",
+        description=("ChatSDK command line: a reference server, a resilience drill, outbox tools."),
     )
     parser.add_argument("--version", action="version", version=f"chatsdk {__version__}")
     parser.add_argument(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import logging
 import sys
@@ -169,8 +170,11 @@ def run(args: argparse.Namespace) -> int:
         )
     with _quiet(getattr(args, "verbose", 0)):
         report = run_drill(config, progress=progress)
+        gc.collect()  # the servers' abandoned stall handlers are reported when collected
     if args.json:
         echo(json.dumps(report.to_json()))
     else:
         echo(render_table(report))
-    return 0
+    for label, error in report.crashed.items():
+        echo(f"chatsdk drill: arm {label!r} crashed: {error}", err=True)
+    return 1 if report.crashed else 0

@@ -96,8 +96,12 @@ class Arm:
         self.timeout = timeout
         self.recorder = recorder
 
-    def send(self, channel: str, text: str, key: str) -> bool:
-        """One operation; True when the caller saw success. Never raises."""
+    def send(self, channel: str, text: str, key: str | None) -> bool:
+        """One operation; True when the caller saw success. Never raises.
+
+        ``key`` is the multi-tap scenario's idempotency key for this message (the same for
+        every submission of it), or None to let the arm do what it does by default.
+        """
         raise NotImplementedError
 
     def drain(self, timeout: float) -> DrainOutcome:
@@ -135,7 +139,7 @@ class _RequestsBase(Arm):
                 self._sessions.append(session)
         return session
 
-    def send(self, channel: str, text: str, key: str) -> bool:
+    def send(self, channel: str, text: str, key: str | None) -> bool:
         body: dict[str, Any] = {
             "channelId": channel,
             "text": text,
@@ -229,9 +233,9 @@ class ChatsdkArm(Arm):
     def _client(self) -> ChatClient:
         return ChatClient(session=self.session)
 
-    def send(self, channel: str, text: str, key: str) -> bool:
+    def send(self, channel: str, text: str, key: str | None) -> bool:
         try:
-            self.client.send_message(channel, text, idempotency_key=key if key else None)
+            self.client.send_message(channel, text, idempotency_key=key)
         except ChatSDKError as exc:
             log.debug("%s: %s", self.name, type(exc).__name__)
             return False
@@ -264,9 +268,9 @@ class OutboxArm(ChatsdkArm):
         outbox: Any = path
         return ChatClient(session=self.session, outbox=outbox)
 
-    def send(self, channel: str, text: str, key: str) -> bool:
+    def send(self, channel: str, text: str, key: str | None) -> bool:
         try:
-            self.client.queue_message(channel, text, idempotency_key=key if key else None)
+            self.client.queue_message(channel, text, idempotency_key=key)
         except ChatSDKError as exc:
             log.warning("%s: queue_message failed: %s", self.name, exc)
             return False

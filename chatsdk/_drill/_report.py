@@ -98,6 +98,7 @@ class DrillReport:
     rate: float | None
     arms: Sequence[ArmResult]
     seconds: float
+    crashed: Mapping[str, str] = attrs.field(factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """The ``--json`` object: ``profile``, ``messages``, ``arms`` and run details."""
@@ -112,6 +113,7 @@ class DrillReport:
             "outage_s": self.outage,
             "rate": self.rate,
             "seconds": round(self.seconds, 2),
+            "crashed": dict(self.crashed),
         }
 
 
@@ -188,5 +190,6 @@ def render_table(report: DrillReport) -> str:
     rule = "-" * len(fmt(rows[0]))
     lines = [title, "", fmt(rows[0]), rule, *(fmt(row) for row in rows[1:]), rule]
     lines += _outage_lines(report)
+    lines += [f"\narm {label!r} crashed: {error}" for label, error in report.crashed.items()]
     lines.append(f"\nfinished in {report.seconds:.1f}s")
     return "\n".join(lines)

@@ -35,7 +35,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import attrs
 
@@ -54,6 +54,7 @@ from chatsdk._drill._arms import (
 from chatsdk._drill._grades import grade
 from chatsdk._drill._measure import ArmRecorder, OpRecord, mean, percentile
 from chatsdk._drill._progress import ProgressBar
+from chatsdk._drill._realtime_arm import RealtimeArm, supports_realtime
 from chatsdk._drill._report import ArmResult, DrillReport, OutageFigures
 
 if TYPE_CHECKING:
@@ -93,7 +94,8 @@ class DrillConfig:
         rate: operations started per second per arm (an open-loop caller that does not
             speed up when calls fail fast), or None for as fast as the threads go.
         drain_timeout: how long the outbox arm's ``flush`` may take.
-        realtime: add the realtime arm to the ``send`` scenario when the SDK has one.
+        realtime: add the realtime arm (see :mod:`chatsdk._drill._realtime_arm`) to the
+            ``send`` scenario when the SDK has ``ChatClient.realtime()``.
     """
 
     messages: int = attrs.field(default=1000, validator=_positive_int)
@@ -234,6 +236,11 @@ class _ArmRun:
         self._next = 0
         self._started = time.monotonic()
 
+    @property
+    def label(self) -> str:
+        """The arm's label in the progress bar."""
+        return self.spec.label
+
     def fraction(self) -> float:
         """Progress in [0, 1] (the outbox counts enqueues and deliveries)."""
         if self.result is not None:
@@ -343,7 +350,7 @@ class _ArmRun:
 
     def _op(self, arm: Arm, channel: str, text: str, key: str | None) -> None:
         start = self.recorder.now()
-        ok = arm.send(channel, text, key or "")
+        ok = arm.send(channel, text, key)
         self.recorder.op(start, ok)
 
     def _result(
@@ -427,33 +434,58 @@ def _outage_figures(
     )
 
 
+class _Task(Protocol):
+    """An arm the runner can run in a thread: REST arms and the realtime arm."""
+
+    result: ArmResult | None
+    error: BaseException | None
+
+    @property
+    def label(self) -> str: ...
+
+    def fraction(self) -> float: ...
+
+    def run(self) -> None: ...
+
+
+def _tasks(config: DrillConfig, seed: int, run_id: str, plan: FaultPlan) -> list[_Task]:
+    tasks: list[_Task] = [_ArmRun(spec, config, seed, run_id, plan) for spec in arm_specs(config)]
+    if config.realtime and config.scenario == "send" and supports_realtime():
+        tasks.append(
+            RealtimeArm(
+                messages=config.messages,
+                profile=config.profile,
+                plan=plan,
+                seed=seed,
+                api_key=API_KEY,
+                timeout=config.timeout,
+            )
+        )
+    return tasks
+
+
 def run_drill(config: DrillConfig, *, progress: ProgressBar | None = None) -> DrillReport:
     """Run every arm of ``config`` side by side and return the report.
 
+    An arm that crashes (a bug, not a failed send) is logged with its traceback and listed
+    in the report's ``crashed``; the other arms' results stand.
+
     Raises:
-        RuntimeError: an arm crashed (its exception chained).
         ValueError: the profile is unknown.
     """
     from chatsdk.testing import FaultPlan  # noqa: PLC0415 - needs the server extra
 
     seed = config.seed if config.seed is not None else random.SystemRandom().randrange(2**31)
     plan = attrs.evolve(FaultPlan.profile(config.profile), seed=seed)
-    run_id = f"{seed:x}"
-    runs = [_ArmRun(spec, config, seed, run_id, plan) for spec in arm_specs(config)]
-    extra_runs = _extra_runs(config, seed, run_id)
+    tasks = _tasks(config, seed, f"{seed:x}", plan)
     if progress is not None:
-        for run in runs:
-            progress.add(run.spec.label, run.fraction)
-        for label, fraction, _ in extra_runs:
-            progress.add(label, fraction)
+        for task in tasks:
+            progress.add(task.label, task.fraction)
         progress.start()
     started = time.monotonic()
     threads = [
-        threading.Thread(target=run.run, name=f"chatsdk-drill-{run.spec.label}", daemon=True)
-        for run in runs
-    ] + [
-        threading.Thread(target=body, name=f"chatsdk-drill-{label}", daemon=True)
-        for label, _, body in extra_runs
+        threading.Thread(target=task.run, name=f"chatsdk-drill-{task.label}", daemon=True)
+        for task in tasks
     ]
     try:
         for thread in threads:
@@ -463,13 +495,7 @@ def run_drill(config: DrillConfig, *, progress: ProgressBar | None = None) -> Dr
     finally:
         if progress is not None:
             progress.stop()
-    for run in runs:
-        if run.error is not None:
-            raise RuntimeError(
-                f"drill arm {run.spec.label!r} crashed: {run.error!r}"
-            ) from run.error
-    results = [run.result for run in runs if run.result is not None]
-    results += [result for _, _, body in extra_runs if (result := _extra_result(body)) is not None]
+    crashed = {task.label: repr(task.error) for task in tasks if task.error is not None}
     return DrillReport(
         profile=config.profile,
         messages=config.messages,
@@ -479,17 +505,7 @@ def run_drill(config: DrillConfig, *, progress: ProgressBar | None = None) -> Dr
         timeout=config.timeout,
         outage=config.outage,
         rate=config.rate,
-        arms=results,
+        arms=[task.result for task in tasks if task.result is not None],
         seconds=time.monotonic() - started,
+        crashed=crashed,
     )
-
-
-def _extra_runs(
-    config: DrillConfig, seed: int, run_id: str
-) -> list[tuple[str, Callable[[], float], Callable[[], None]]]:
-    """Arms that are not REST sends (the realtime arm), as (label, progress, body)."""
-    return []
-
-
-def _extra_result(body: Callable[[], None]) -> ArmResult | None:
-    return None

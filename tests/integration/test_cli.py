@@ -186,6 +186,77 @@ def test_drill_json_small_run() -> None:
     assert chatsdk_arms
     for arm in chatsdk_arms:
         assert arm["duplicates"] == 0, arm
+    for arm in chatsdk_arms:
+        if "realtime" in arm["name"]:
+            continue
         assert arm["requests_per_message"] > 1.0  # it retried: the profile is terrible
         assert arm["mean_retry_delay_ms"] > 0.0
     assert elapsed < 60
+
+
+def test_drill_multi_tap_counts_duplicates_per_arm() -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "chatsdk",
+            "drill",
+            "--scenario",
+            "multi-tap",
+            "--messages",
+            "24",
+            "--threads",
+            "8",
+            "--profile",
+            "flaky",
+            "--json",
+            "--seed",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=90,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["scenario"] == "multi-tap"
+    by_name = {arm["name"]: arm for arm in data["arms"]}
+    # Every message is submitted 2-3 times: the naive arms store most submissions.
+    assert by_name["requests (no retry)"]["duplicates"] >= 10
+    assert by_name["requests + urllib3 Retry(5)"]["duplicates"] >= 24
+    for name, arm in by_name.items():
+        if "chatsdk" in name:
+            assert arm["duplicates"] == 0, arm
+        assert arm["operations"] >= 48 or "outbox" in name or "realtime" in name
+
+
+def test_drill_outage_figures(monkeypatch: pytest.MonkeyPatch) -> None:
+    from chatsdk._drill import DrillConfig, _runner, run_drill
+    from chatsdk._drill._arms import ChatsdkNoBreakerArm, RequestsArm
+
+    monkeypatch.setattr(
+        _runner,
+        "arm_specs",
+        lambda config: [
+            _runner.ArmSpec("requests", RequestsArm),
+            _runner.ArmSpec("no-breaker", ChatsdkNoBreakerArm),
+        ],
+    )
+    config = DrillConfig(
+        messages=80, threads=4, profile="none", outage=0.5, rate=40.0, seed=3, realtime=False
+    )
+    report = run_drill(config)
+    assert not report.crashed
+    assert report.to_json()["outage_s"] == 0.5
+    plain, sdk = report.arms
+    assert plain.outage is not None and sdk.outage is not None
+    # Plain requests: one refused connection per call while down; those messages are lost.
+    assert plain.outage.requests_while_down >= 1
+    assert plain.lost >= 1 and plain.caller_errors_pct > 0
+    assert plain.outage.first_success_after_s is not None
+    # chatsdk without the breaker retries through a half-second outage.
+    assert sdk.outage.requests_while_down >= 1
+    assert sdk.outage.first_success_after_s is not None
+    assert sdk.duplicates == 0
