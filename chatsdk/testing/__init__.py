@@ -18,9 +18,8 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
         "pip install 'chatsdk[server]'"
     ) from exc
 
-from chatsdk.testing._faults import PROFILES, FaultPlan
+from chatsdk.testing._faults import PROFILES, FaultPlan, RealtimeFaults
 from chatsdk.testing._proxy import ChaosProxy
-from chatsdk.testing._realtime import RealtimeFaults
 from chatsdk.testing._serve import run_forever
 from chatsdk.testing._server import ReferenceServer
 from chatsdk.testing._wire import MAX_BODY_BYTES

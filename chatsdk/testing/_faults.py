@@ -9,6 +9,9 @@ At most one *failing* fault applies to a request (``drop_before``, ``stall``,
 ``server_error``, ``rate_limit``, ``drop_after``, drawn from one number against their
 cumulative probabilities); ``delay`` is drawn independently and may come on top of any of
 them (it applies when the request is processed).
+
+:class:`RealtimeFaults` holds the realtime knobs (duplicated, skipped pushes; a silent
+server), decided per publication push per client.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ __all__ = [
     "FaultDecision",
     "FaultInjector",
     "FaultPlan",
+    "RealtimeFaults",
     "RetryAfterForm",
     "resolve_plan",
 ]
@@ -297,3 +301,41 @@ class FaultInjector:
 def http_date(when: float) -> str:
     """An IMF-fixdate (RFC 9110) no earlier than ``when`` (rounded up to a whole second)."""
     return email.utils.formatdate(math.ceil(when), usegmt=True)
+
+
+class RealtimeFaults:
+    """Realtime fault knobs; thread-safe.
+
+    Args:
+        duplicate_rate: probability that a publication push is sent twice to a client.
+        skip_rate: probability that a publication push is not sent to a client (it stays
+            in history, so the client sees a gap at the next one).
+        silent: send nothing (no pings, pushes or replies) and ignore every client frame.
+        seed: seed of the RNG.
+    """
+
+    def __init__(
+        self,
+        *,
+        duplicate_rate: float = 0.0,
+        skip_rate: float = 0.0,
+        silent: bool = False,
+        seed: int | None = None,
+    ) -> None:
+        for name, rate in (("duplicate_rate", duplicate_rate), ("skip_rate", skip_rate)):
+            if not 0 <= rate <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {rate!r}")
+        self.duplicate_rate = duplicate_rate
+        self.skip_rate = skip_rate
+        self.silent = silent
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
+
+    def push_copies(self) -> int:
+        """How many times to send the next publication push to one client (0, 1 or 2)."""
+        if self.skip_rate == 0 and self.duplicate_rate == 0:
+            return 1
+        with self._lock:
+            if self._rng.random() < self.skip_rate:
+                return 0
+            return 2 if self._rng.random() < self.duplicate_rate else 1

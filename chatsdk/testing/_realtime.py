@@ -13,8 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
-import threading
 import uuid
 from collections import deque
 from collections.abc import Callable
@@ -22,11 +20,12 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from chatsdk.testing._faults import RealtimeFaults
 from chatsdk.testing._hub import Publication, Streams
 from chatsdk.testing._rest import reset_transport
 from chatsdk.testing._store import Counters, Store
 
-__all__ = ["MAX_FRAME_BYTES", "RealtimeEndpoint", "RealtimeFaults"]
+__all__ = ["MAX_FRAME_BYTES", "RealtimeEndpoint"]
 
 log = logging.getLogger(__name__)
 
@@ -56,44 +55,6 @@ WS_STATS = (
 
 def _number(value: float) -> float | int:
     return int(value) if float(value).is_integer() else value
-
-
-class RealtimeFaults:
-    """Realtime fault knobs; thread-safe.
-
-    Args:
-        duplicate_rate: probability that a publication push is sent twice to a client.
-        skip_rate: probability that a publication push is not sent to a client (it stays
-            in history, so the client sees a gap at the next one).
-        silent: send nothing (no pings, pushes or replies) and ignore every client frame.
-        seed: seed of the RNG.
-    """
-
-    def __init__(
-        self,
-        *,
-        duplicate_rate: float = 0.0,
-        skip_rate: float = 0.0,
-        silent: bool = False,
-        seed: int | None = None,
-    ) -> None:
-        for name, rate in (("duplicate_rate", duplicate_rate), ("skip_rate", skip_rate)):
-            if not 0 <= rate <= 1:
-                raise ValueError(f"{name} must be in [0, 1], got {rate!r}")
-        self.duplicate_rate = duplicate_rate
-        self.skip_rate = skip_rate
-        self.silent = silent
-        self._rng = random.Random(seed)
-        self._lock = threading.Lock()
-
-    def push_copies(self) -> int:
-        """How many times to send the next publication push to one client (0, 1 or 2)."""
-        if self.skip_rate == 0 and self.duplicate_rate == 0:
-            return 1
-        with self._lock:
-            if self._rng.random() < self.skip_rate:
-                return 0
-            return 2 if self._rng.random() < self.duplicate_rate else 1
 
 
 class _Close:

@@ -21,9 +21,15 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from chatsdk._version import __version__
-from chatsdk.testing._faults import FAULT_KINDS, FaultInjector, FaultPlan, resolve_plan
+from chatsdk.testing._faults import (
+    FAULT_KINDS,
+    FaultInjector,
+    FaultPlan,
+    RealtimeFaults,
+    resolve_plan,
+)
 from chatsdk.testing._hub import Streams
-from chatsdk.testing._realtime import WS_STATS, RealtimeEndpoint, RealtimeFaults
+from chatsdk.testing._realtime import WS_STATS, RealtimeEndpoint
 from chatsdk.testing._rest import RestApi, reset_transport
 from chatsdk.testing._store import Counters, Store
 from chatsdk.testing._wire import MAX_BODY_BYTES
@@ -107,6 +113,7 @@ class ReferenceServer:
         self._site: web.TCPSite | None = None
         self._endpoint: RealtimeEndpoint | None = None
         self._outage_timer: asyncio.TimerHandle | None = None
+        self._running = False
         self._back: threading.Event = threading.Event()
         self._back.set()
 
@@ -126,8 +133,8 @@ class ReferenceServer:
 
     @property
     def running(self) -> bool:
-        """Whether the server is started."""
-        return self._loop is not None
+        """Whether the server is started (listening, unless in an :meth:`outage`)."""
+        return self._running
 
     def start(self, *, keep_state: bool = False) -> None:
         """Start serving (again on the same port after a :meth:`stop`).
@@ -157,6 +164,7 @@ class ReferenceServer:
             except BaseException:
                 self._shutdown_loop()
                 raise
+            self._running = True
             log.info("reference server listening on %s", self.url)
 
     def stop(self) -> None:
@@ -164,6 +172,7 @@ class ReferenceServer:
         with self._lifecycle:
             if self._loop is None:
                 return
+            self._running = False
             try:
                 self._call(self._astop())
             finally:
@@ -356,7 +365,7 @@ class ReferenceServer:
         silent: bool = False,
         seed: int | None = None,
     ) -> None:
-        """Set the realtime faults (see :class:`~chatsdk.testing._realtime.RealtimeFaults`)."""
+        """Set the realtime faults (see :class:`~chatsdk.testing.RealtimeFaults`)."""
         faults = RealtimeFaults(
             duplicate_rate=duplicate_rate, skip_rate=skip_rate, silent=silent, seed=seed
         )
