@@ -332,7 +332,10 @@ class ChatClient:
         """
 
         def fetch() -> Any:
-            response = self._request("POST", "api/realtime/token")
+            # A token creates nothing the caller could see twice: a key makes the POST safe
+            # to retry after a lost response, like any other create.
+            key = new_idempotency_key()
+            response = self._request("POST", "api/realtime/token", idempotency_key=key)
             return self._parse(response, lambda data, _replayed: data)
 
         client = RealtimeClient.from_token_source(

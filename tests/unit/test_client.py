@@ -198,3 +198,19 @@ def test_models_reject_bad_fields() -> None:
         Message.from_json(message_json(attachments="x"))
     with pytest.raises(ValueError, match="object"):
         Reaction.from_json([])
+
+
+@responses.activate
+def test_the_realtime_token_fetch_is_retried_under_one_key(client) -> None:
+    responses.add(responses.POST, f"{BASE}/api/realtime/token", status=503)
+    responses.add(
+        responses.POST, f"{BASE}/api/realtime/token",
+        json={"token": "t", "url": "ws://chat.test/connection/websocket",
+              "expiresAt": "2026-11-28T13:00:00Z"},
+    )
+    rt = client.realtime()
+    try:
+        keys = [c.request.headers.get("Idempotency-Key") for c in responses.calls]
+        assert len(keys) == 2 and keys[0] is not None and keys[0] == keys[1]
+    finally:
+        rt.close()
