@@ -25,10 +25,10 @@ from chatsdk.testing._server import ReferenceServer
 from chatsdk.testing._wire import MAX_BODY_BYTES
 
 __all__ = [
-    "MAX_BODY_BYTES",
-    "PROFILES",
     "ChaosProxy",
     "FaultPlan",
+    "MAX_BODY_BYTES",
+    "PROFILES",
     "RealtimeFaults",
     "ReferenceServer",
     "run_forever",

@@ -442,3 +442,11 @@ def test_import_guard_names_the_extra() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert "pip install 'chatsdk[server]'" in result.stdout
+
+
+def test_testing_all_is_sorted_and_importable() -> None:
+    import chatsdk.testing as testing
+
+    assert list(testing.__all__) == sorted(set(testing.__all__))
+    for name in testing.__all__:
+        assert hasattr(testing, name), name
