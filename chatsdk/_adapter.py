@@ -122,9 +122,10 @@ class ResilientAdapter(HTTPAdapter):
         it opens with attempts left, :class:`~chatsdk.CircuitBreakerOpenError` is raised
         instead of waiting through the remaining attempts.
         """
-        op = _Operation(self, request, timeout)
+        options = {"stream": stream, "verify": verify, "cert": cert, "proxies": proxies}
+        op = _Operation(self, request, timeout, options)
         try:
-            response = op.run(stream, verify, cert, proxies)
+            response = op.run()
         except ChatSDKError as exc:
             final = op.final(exc)
             if final is exc:
@@ -141,9 +142,15 @@ class _Operation:
     """The state of one logical call: its attempts, key, deadline and next wait."""
 
     def __init__(
-        self, adapter: ResilientAdapter, request: requests.PreparedRequest, timeout: TimeoutArg
+        self,
+        adapter: ResilientAdapter,
+        request: requests.PreparedRequest,
+        timeout: TimeoutArg,
+        options: dict[str, Any],
     ) -> None:
         self.adapter = adapter
+        #: ``HTTPAdapter.send`` arguments other than the request and timeout.
+        self.options = options
         self.policy = adapter.retry
         self.request = request
         self.method = (request.method or "GET").upper()
@@ -162,13 +169,7 @@ class _Operation:
         #: the first attempt's outcome, handed to the retry loop as its attempt 1.
         self._first: requests.Response | ChatSDKError | None = None
 
-    def run(
-        self,
-        stream: bool,
-        verify: bool | str,
-        cert: str | tuple[str, str] | None,
-        proxies: Mapping[str, str] | None,
-    ) -> requests.Response:
+    def run(self) -> requests.Response:
         """Make attempt 1, and enter the tenacity retry loop only if it did not succeed.
 
         Every retry goes through the one tenacity loop; a first attempt whose status is not
@@ -176,7 +177,7 @@ class _Operation:
         path, and the loop's bookkeeping would be most of the SDK's overhead there).
         """
         try:
-            response = self.attempt(stream, verify, cert, proxies)
+            response = self.attempt()
         except ChatSDKError as exc:
             self._first = exc
         else:
@@ -190,20 +191,14 @@ class _Operation:
             sleep=self.adapter._sleep,
             before_sleep=self.before_sleep,
         )
-        result: requests.Response = retrying(self._next, stream, verify, cert, proxies)
+        result: requests.Response = retrying(self._next)
         return result
 
-    def _next(
-        self,
-        stream: bool,
-        verify: bool | str,
-        cert: str | tuple[str, str] | None,
-        proxies: Mapping[str, str] | None,
-    ) -> requests.Response:
+    def _next(self) -> requests.Response:
         """The loop's attempt: the first outcome once, then real attempts."""
         first, self._first = self._first, None
         if first is None:
-            return self.attempt(stream, verify, cert, proxies)
+            return self.attempt()
         if isinstance(first, ChatSDKError):
             raise first
         return first
@@ -215,26 +210,17 @@ class _Operation:
         chosen.idempotency_key = self.key
         return chosen
 
-    def attempt(
-        self,
-        stream: bool,
-        verify: bool | str,
-        cert: str | tuple[str, str] | None,
-        proxies: Mapping[str, str] | None,
-    ) -> requests.Response:
+    def attempt(self) -> requests.Response:
         permit = None if self.breaker is None else self.breaker.acquire()
         self.attempts += 1
         try:
             response = HTTPAdapter.send(
                 self.adapter,
                 self.request,
-                stream=stream,
                 timeout=self._attempt_timeout(),  # type: ignore[arg-type]
-                verify=verify,
-                cert=cert,
-                proxies=proxies,
+                **self.options,
             )
-            if not stream:
+            if not self.options["stream"]:
                 # Read here, not in Session.send: a reset mid-body must be a retryable failure.
                 _ = response.content
         except _TRANSPORT_ERRORS as exc:

@@ -213,12 +213,9 @@ class ChatClient:
 
     def _deliver(self, op: Operation) -> dict[str, Any]:
         """The drainer's deliver: one operation through this client's session."""
-        path = "api/messages" if op.kind == "message" else "api/reactions"
-        response = self._request("POST", path, json=op.body, idempotency_key=op.idempotency_key)
-        build = Message.from_json if op.kind == "message" else Reaction.from_json
-        self._parse(response, build, op.idempotency_key)
-        data: dict[str, Any] = response.json()
-        return data
+        if op.kind == "message":
+            return self._create(op.body, op.idempotency_key, Message).to_json()
+        return self._create(op.body, op.idempotency_key, Reaction).to_json()
 
     # -- messages ------------------------------------------------------------------------
 
