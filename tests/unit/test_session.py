@@ -101,3 +101,16 @@ def test_bytes_urls_work() -> None:
         mock.add(responses.GET, "http://chat.test/api/health", json={"status": "ok"})
         with ChatSession("http://chat.test", KEY) as session:
             assert session.get(b"/api/health").ok  # type: ignore[arg-type]
+
+
+@responses.activate
+def test_hooks_verify_and_proxies_behave_as_in_requests() -> None:
+    responses.add(responses.GET, "http://chat.test/api/health", json={"status": "ok"})
+    seen: list[int] = []
+    with ChatSession("http://chat.test", KEY) as session:
+        session.hooks["response"].append(lambda r, *a, **k: seen.append(r.status_code))
+        session.get("/api/health", verify=False, proxies={"https": "http://proxy.test:3128"})
+        session.get("/api/health", hooks={"response": lambda r, *a, **k: seen.append(-1)})
+    assert seen == [200, -1]  # as requests: a per-request hook replaces the session's
+    first = responses.calls[0].request.req_kwargs
+    assert first["verify"] is False
