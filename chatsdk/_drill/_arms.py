@@ -41,8 +41,6 @@ __all__ = [
     "OutboxArm",
     "RequestsArm",
     "Urllib3Arm",
-    "supports_breaker",
-    "supports_outbox",
 ]
 
 log = logging.getLogger(__name__)
@@ -51,16 +49,6 @@ Timeout = tuple[float, float]
 
 #: The statuses the usual urllib3 fix retries.
 URLLIB3_STATUS_FORCELIST = (408, 429, 500, 502, 503, 504)
-
-
-def supports_outbox() -> bool:
-    """Whether this chatsdk has the durable outbox (``ChatClient.queue_message``)."""
-    return hasattr(ChatClient, "queue_message") and hasattr(ChatClient, "flush")
-
-
-def supports_breaker() -> bool:
-    """Whether the transport takes a circuit breaker policy (``ChatSession(breaker=...)``)."""
-    return hasattr(ChatSession, "breaker_for")
 
 
 @attrs.frozen

@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from chatsdk._subscription import Publication
     from chatsdk.testing import FaultPlan, ReferenceServer
 
-__all__ = ["REALTIME_FAULTS", "RealtimeArm", "supports_realtime"]
+__all__ = ["REALTIME_FAULTS", "RealtimeArm"]
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +83,6 @@ REALTIME_FAULTS = {
     "flaky": RealtimeFaults(duplicate_rate=0.01, skip_rate=0.01, disconnects=2),
     "terrible": RealtimeFaults(duplicate_rate=0.05, skip_rate=0.05, disconnects=3, restarts=1),
 }
-
-
-def supports_realtime() -> bool:
-    """Whether this chatsdk has ``ChatClient.realtime()``."""
-    return hasattr(ChatClient, "realtime")
 
 
 class RealtimeArm:

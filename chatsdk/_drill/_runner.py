@@ -48,13 +48,11 @@ from chatsdk._drill._arms import (
     RequestsArm,
     Timeout,
     Urllib3Arm,
-    supports_breaker,
-    supports_outbox,
 )
 from chatsdk._drill._grades import grade
 from chatsdk._drill._measure import ArmRecorder, OpRecord, mean, percentile
 from chatsdk._drill._progress import ProgressBar
-from chatsdk._drill._realtime_arm import RealtimeArm, supports_realtime
+from chatsdk._drill._realtime_arm import RealtimeArm
 from chatsdk._drill._report import ArmResult, DrillReport, OutageFigures
 
 if TYPE_CHECKING:
@@ -125,10 +123,9 @@ def arm_specs(config: DrillConfig) -> list[ArmSpec]:
         ArmSpec("urllib3", Urllib3Arm),
         ArmSpec("chatsdk", ChatsdkArm),
     ]
-    if config.outage and supports_breaker():
+    if config.outage:
         specs.append(ArmSpec("no-breaker", ChatsdkNoBreakerArm))
-    if supports_outbox():
-        specs.append(ArmSpec("outbox", OutboxArm))
+    specs.append(ArmSpec("outbox", OutboxArm))
     return specs
 
 
@@ -450,7 +447,7 @@ class _Task(Protocol):
 
 def _tasks(config: DrillConfig, seed: int, run_id: str, plan: FaultPlan) -> list[_Task]:
     tasks: list[_Task] = [_ArmRun(spec, config, seed, run_id, plan) for spec in arm_specs(config)]
-    if config.realtime and config.scenario == "send" and supports_realtime():
+    if config.realtime and config.scenario == "send":
         tasks.append(
             RealtimeArm(
                 messages=config.messages,
