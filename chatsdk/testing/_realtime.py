@@ -78,6 +78,8 @@ class _Connection:
         self.pings: deque[float] = deque()
         self.queue: asyncio.Queue[str | _Close] = asyncio.Queue()
         self.tasks: list[asyncio.Task[None]] = []
+        self.writer_task: asyncio.Task[None] | None = None
+        self.aborted = False
         self.transport: asyncio.BaseTransport | None = None
 
     # -- output ------------------------------------------------------------------------
@@ -436,11 +438,16 @@ class RealtimeEndpoint:
             conn.close(code, reason)
 
     def abort_all(self) -> None:
-        """Reset every connection (a crash)."""
+        """Reset every connection (a crash): nothing queued is sent, its tasks are cancelled."""
         for conn in list(self.connections):
             conn.closing = True
+            conn.aborted = True
             self.forget(conn)
             reset_transport(conn.transport)
+            for task in conn.tasks:
+                task.cancel()
+            if conn.writer_task is not None:
+                conn.writer_task.cancel()
 
     async def handle(self, request: web.Request) -> web.WebSocketResponse:
         """The WebSocket handler."""
@@ -450,7 +457,7 @@ class RealtimeEndpoint:
         conn.transport = request.transport
         self.connections.add(conn)
         self.stats.inc("opens_total")
-        writer = asyncio.create_task(conn.writer())
+        writer = conn.writer_task = asyncio.create_task(conn.writer())
         conn.tasks.append(asyncio.create_task(conn.stale_watch()))
         try:
             async for message in ws:
@@ -463,7 +470,7 @@ class RealtimeEndpoint:
                         conn.close(3501, "bad request")
                 if conn.closing:
                     break
-            if conn.closing and not writer.done():
+            if conn.closing and not conn.aborted and not writer.done():
                 await asyncio.wait_for(asyncio.shield(writer), timeout=3.0)
         except (asyncio.TimeoutError, ConnectionError) as exc:
             log.debug("realtime %s: %r", conn.client_id, exc)

@@ -11,6 +11,7 @@ thread. Its data (:class:`~chatsdk.testing._store.Store`) lives in the
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import threading
 import time
@@ -48,6 +49,29 @@ _COUNTERS = (
     *(f"fault.{kind}" for kind in FAULT_KINDS),
 )
 _START_TIMEOUT = 10.0
+#: Seconds aiohttp may wait for a handler at stop; every handler is cancelled before, so
+#: this only bounds a handler that ignores its cancellation.
+_SHUTDOWN_TIMEOUT = 0.1
+#: Seconds stop() waits for cancelled tasks to end.
+_CANCEL_TIMEOUT = 1.0
+
+
+async def _cancel_other_tasks() -> None:
+    """Cancel every task of the running loop but the current one, and let them end."""
+    current = asyncio.current_task()
+    for _ in range(3):  # a cancelled handler may start a last task of its own
+        tasks = [task for task in asyncio.all_tasks() if task is not current]
+        if not tasks:
+            return
+        for task in tasks:
+            task.cancel()
+        done, pending = await asyncio.wait(tasks, timeout=_CANCEL_TIMEOUT)
+        for task in done:  # retrieved: nothing to report about a crash we caused
+            if not task.cancelled():
+                task.exception()
+        if pending:  # pragma: no cover - a task that ignores cancellation
+            log.warning("reference server: %d tasks ignored their cancellation", len(pending))
+            return
 
 
 class ReferenceServer:
@@ -199,14 +223,25 @@ class ReferenceServer:
         loop.call_soon_threadsafe(loop.stop)
         if thread is not None:
             thread.join(timeout=_START_TIMEOUT)
-        loop.close()
+        if thread is None or not thread.is_alive():
+            # Work handed to the loop while it was stopping (a publish() racing stop()):
+            # cancel it here, so its caller gets an error now and asyncio finds no task
+            # destroyed while pending.
+            loop.run_until_complete(_cancel_other_tasks())
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
 
     def _call(self, coro: Coroutine[Any, Any, _T], timeout: float = _START_TIMEOUT) -> _T:
         loop = self._loop
         if loop is None:
             coro.close()
             raise RuntimeError("ReferenceServer is not running")
-        return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout)
+        try:
+            future = asyncio.run_coroutine_threadsafe(coro, loop)
+        except RuntimeError:  # stop() closed the loop meanwhile
+            coro.close()
+            raise RuntimeError("ReferenceServer is not running") from None
+        return future.result(timeout)
 
     async def _astart(self) -> None:
         assert self._streams is not None
@@ -230,7 +265,7 @@ class ReferenceServer:
             publish=endpoint.publish,
         ).install(app)
         endpoint.install(app)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=_SHUTDOWN_TIMEOUT)
         await runner.setup()
         self._runner, self._endpoint = runner, endpoint
         await self._open_site()
@@ -256,11 +291,14 @@ class ReferenceServer:
                 reset_transport(handler.transport)
 
     async def _astop(self) -> None:
+        # A crash, not a graceful shutdown: stop listening, reset every connection, cancel
+        # every handler (a stalled one included) instead of waiting for it to finish.
         if self._outage_timer is not None:
             self._outage_timer.cancel()
             self._outage_timer = None
         await self._close_site()
         self._abort_connections()
+        await _cancel_other_tasks()
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -350,12 +388,24 @@ class ReferenceServer:
         self._in_loop(lambda endpoint: endpoint.send_ping())
 
     def publish(self, channel: str, data: Any) -> int:
-        """Publish ``data`` on a realtime channel (e.g. ``"chat:42"``); returns its offset."""
-        if self._loop is None:
-            if self._streams is None:
-                self._streams = self._new_streams()
-            return self._streams.append(channel, data).offset
-        return self._in_loop(lambda endpoint: endpoint.publish(channel, data))
+        """Publish ``data`` on a realtime channel (e.g. ``"chat:42"``); returns its offset.
+
+        While the server is stopped the publication goes straight into the history (kept
+        with ``start(keep_state=True)``), as with a database-backed broker; one racing
+        :meth:`stop` does the same once the stop is over (it is never published twice).
+        """
+        for _ in range(3):
+            if self._loop is not None:
+                try:
+                    return self._in_loop(lambda endpoint: endpoint.publish(channel, data))
+                except (RuntimeError, concurrent.futures.CancelledError):
+                    pass  # stop() came first and nothing was published: wait for it
+            with self._lifecycle:
+                if self._loop is None:
+                    if self._streams is None:
+                        self._streams = self._new_streams()
+                    return self._streams.append(channel, data).offset
+        raise RuntimeError("ReferenceServer.publish: the server kept restarting")
 
     def set_realtime_faults(
         self,
@@ -386,8 +436,10 @@ class ReferenceServer:
 
     def _in_loop(self, action: Callable[[RealtimeEndpoint], _T]) -> _T:
         async def run() -> _T:
-            assert self._endpoint is not None
-            return action(self._endpoint)
+            endpoint = self._endpoint
+            if endpoint is None:  # stop() is under way
+                raise RuntimeError("ReferenceServer is not running")
+            return action(endpoint)
 
         return self._call(run())
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import subprocess
 import sys
@@ -238,6 +239,34 @@ def test_stop_cuts_a_request_in_progress_and_frees_its_key() -> None:
         srv.faults = None
         srv.start()
         assert post(srv.url, key="cut").status_code == 201
+
+
+def test_stop_cancels_a_stalled_request_at_once_and_leaves_no_task() -> None:
+    srv = ReferenceServer(faults=FaultPlan(stall=1.0, stall_seconds=30.0))
+    srv.start()
+    errors: list[Exception] = []
+
+    def send() -> None:
+        try:
+            post(srv.url, key="stalled", timeout=10)
+        except requests.RequestException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=send)
+    thread.start()
+    deadline = time.monotonic() + 5
+    while srv.counters()["fault.stall"] < 1:
+        assert time.monotonic() < deadline
+        threading.Event().wait(0.005)
+    loop = srv._loop
+    assert loop is not None
+    started = time.monotonic()
+    srv.stop()
+    elapsed = time.monotonic() - started
+    thread.join(timeout=5)
+    assert len(errors) == 1 and isinstance(errors[0], requests.ConnectionError)
+    assert asyncio.all_tasks(loop) == set()  # the stalled handler was cancelled, not abandoned
+    assert elapsed < 0.45, elapsed  # no graceful wait for the handler (it was 0.5 s)
 
 
 def test_32_concurrent_clients_make_an_exact_count(srv: ReferenceServer) -> None:

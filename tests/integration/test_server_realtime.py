@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -317,6 +318,63 @@ def test_restart_with_keep_state_recovers(srv: ReferenceServer, ws: Ws) -> None:
     assert result["epoch"] == epoch
     assert [p["offset"] for p in result["publications"]] == [2]
     again.close()
+
+
+def test_stop_resets_realtime_connections_at_once_and_leaves_no_task(srv: ReferenceServer) -> None:
+    clients = [connect(srv) for _ in range(5)]
+    for client in clients:
+        assert "subscribe" in client.command("subscribe", {"channel": "crash"})
+    srv.publish("crash", {"n": 1})
+    loop = srv._loop
+    assert loop is not None
+    started = time.monotonic()
+    srv.stop()
+    elapsed = time.monotonic() - started
+    for client in clients:
+        with pytest.raises((ConnectionError, websocket.WebSocketConnectionClosedException)):
+            while True:
+                client.recv()
+    assert asyncio.all_tasks(loop) == set()  # writers, pingers and handlers were cancelled
+    # A graceful shutdown waited 0.5 s for the handlers; a crash does not wait for them.
+    assert elapsed < 0.45, elapsed
+
+
+def test_publish_racing_restarts_is_never_lost_nor_doubled() -> None:
+    with ReferenceServer(history_size=1_000_000) as srv:
+        client = connect(srv)
+        epoch = client.command("subscribe", {"channel": "chat:race"})["subscribe"]["epoch"]
+        client.close()
+        offsets: list[int] = []
+        errors: list[BaseException] = []
+        done = threading.Event()
+
+        def publish() -> None:
+            try:
+                while not done.is_set():
+                    offsets.append(srv.publish("chat:race", {"n": len(offsets)}))
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        def more_than(count: int) -> Callable[[], bool]:
+            return lambda: len(offsets) > count
+
+        thread = threading.Thread(target=publish)
+        thread.start()
+        try:
+            for _ in range(5):
+                wait_until(lambda: len(offsets) >= 3)
+                srv.stop()
+                srv.start(keep_state=True)
+                wait_until(more_than(len(offsets)))
+        finally:
+            done.set()
+            thread.join(5)
+        assert errors == []
+        assert offsets == list(range(1, len(offsets) + 1))
+        again = connect(srv)
+        result = recover(again, "race", epoch, 0)
+        assert [p["offset"] for p in result["publications"]] == offsets
+        again.close()
 
 
 def test_history_size_bounds_recovery() -> None:
