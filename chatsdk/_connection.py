@@ -49,8 +49,9 @@ _MAX_STEP = 30
 _KEPT_DELAYS = 1000
 
 
-def reconnect_delay(step: int, min_delay: float, max_delay: float, rng: random.Random, *,
-                    min_spread: float = 0.0) -> float:
+def reconnect_delay(
+    step: int, min_delay: float, max_delay: float, rng: random.Random, *, min_spread: float = 0.0
+) -> float:
     """The delay before the ``step``-th consecutive reconnect (``step`` from 0).
 
     ``min(max, min + U(0, min(max, min * 2**min(step, 30))))``: the centrifuge clients'
@@ -130,12 +131,20 @@ class Counters:
     def snapshot(self) -> RealtimeStats:
         """A frozen copy."""
         return RealtimeStats(
-            attempts=self.attempts, connects=self.connects, last_close_code=self.last_code,
-            last_close_reason=self.last_reason, last_error=self.last_error,
-            reconnect_delays=tuple(self.delays), reconnect_times=tuple(self.reconnect_times),
-            recoveries=self.recoveries, recovery_failures=self.recovery_failures,
-            duplicates_dropped=self.duplicates, gaps=self.gaps, dropped_lines=self.dropped,
-            pings=self.pings, pongs=self.pongs,
+            attempts=self.attempts,
+            connects=self.connects,
+            last_close_code=self.last_code,
+            last_close_reason=self.last_reason,
+            last_error=self.last_error,
+            reconnect_delays=tuple(self.delays),
+            reconnect_times=tuple(self.reconnect_times),
+            recoveries=self.recoveries,
+            recovery_failures=self.recovery_failures,
+            duplicates_dropped=self.duplicates,
+            gaps=self.gaps,
+            dropped_lines=self.dropped,
+            pings=self.pings,
+            pongs=self.pongs,
         )
 
     def connection_lost(self, now: float) -> None:
@@ -277,8 +286,9 @@ class Connection:
         self._latest_subscribe.pop(channel, None)
         self._send(self._command("unsubscribe", {"channel": channel}))
 
-    def _command(self, kind: str, params: dict[str, Any],
-                 sub: Subscription | None = None) -> dict[str, Any]:
+    def _command(
+        self, kind: str, params: dict[str, Any], sub: Subscription | None = None
+    ) -> dict[str, Any]:
         self._next_id += 1
         deadline = self.session.clock() + self.session.timeout
         self._pending[self._next_id] = _Pending(kind, deadline, sub)
@@ -305,15 +315,19 @@ class Connection:
         upcoming: list[float] = []
         for pending in self._pending.values():
             if pending.deadline <= now:
-                self.ending = Outcome(code=CODE_REPLY_TIMEOUT, reason=(
-                    f"no {pending.kind} reply within {session.timeout:g}s"))
+                self.ending = Outcome(
+                    code=CODE_REPLY_TIMEOUT,
+                    reason=(f"no {pending.kind} reply within {session.timeout:g}s"),
+                )
                 return 0.0
             upcoming.append(pending.deadline)
         if self.connected_at is not None and self.ping > 0:
             dead_at = self.last_recv + self.ping + session.ping_grace
             if dead_at <= now:
-                self.ending = Outcome(code=CODE_NO_PING, reason=(
-                    f"nothing received for {self.ping + session.ping_grace:g}s"))
+                self.ending = Outcome(
+                    code=CODE_NO_PING,
+                    reason=(f"nothing received for {self.ping + session.ping_grace:g}s"),
+                )
                 return 0.0
             upcoming.append(dead_at)
         if self._refresh_at is not None and not self._refreshing:
@@ -386,8 +400,9 @@ class Connection:
     def _on_connect_reply(self, reply: Reply) -> None:
         if reply.error is not None:
             err = reply.error
-            self.ending = Outcome(code=err.code, reason=f"connect refused: {err.message}",
-                                  final=not err.retryable)
+            self.ending = Outcome(
+                code=err.code, reason=f"connect refused: {err.message}", final=not err.retryable
+            )
             return
         result = parse_connect_result(reply.result("connect"))
         now = self.session.clock()
@@ -398,28 +413,43 @@ class Connection:
             self._refresh_at = now + refresh_delay(result.ttl)
         self.session.counters.connects += 1
         self.session.on_connected(self)
-        self._send(*(self._command("subscribe", sub.subscribe_params(), sub)
-                     for sub in self.session.subs.values() if sub.active))
+        self._send(
+            *(
+                self._command("subscribe", sub.subscribe_params(), sub)
+                for sub in self.session.subs.values()
+                if sub.active
+            )
+        )
         self.session.counters.maybe_restored(now, self.session.subs)
 
     def _on_subscribe_reply(self, reply: Reply, pending: _Pending) -> None:
         sub = pending.sub
         subs = self.session.subs
-        if (sub is None or subs.get(sub.channel) is not sub or not sub.active
-                or self._latest_subscribe.get(sub.channel) != reply.id):
+        if (
+            sub is None
+            or subs.get(sub.channel) is not sub
+            or not sub.active
+            or self._latest_subscribe.get(sub.channel) != reply.id
+        ):
             return  # superseded by a later subscribe or an unsubscribe
         if reply.error is not None:
             err = reply.error
             if err.code == 105:  # already subscribed: start over to learn the position
                 self._resubscribe(sub, unsubscribe_first=True)
             elif sub.on_subscribe_error(err):
-                delay = reconnect_delay(0, self.session.min_delay, self.session.max_delay,
-                                        self.session.rng)
-                self._timers.append((self.session.clock() + delay,
-                                     lambda: self._resubscribe(sub, unsubscribe_first=False)))
+                delay = reconnect_delay(
+                    0, self.session.min_delay, self.session.max_delay, self.session.rng
+                )
+                self._timers.append(
+                    (
+                        self.session.clock() + delay,
+                        lambda: self._resubscribe(sub, unsubscribe_first=False),
+                    )
+                )
             else:
-                log.warning("subscribe to %s failed for good: %s %s",
-                            sub.channel, err.code, err.message)
+                log.warning(
+                    "subscribe to %s failed for good: %s %s", sub.channel, err.code, err.message
+                )
                 del subs[sub.channel]
             return
         result = parse_subscribe_result(reply.result("subscribe"))
@@ -430,15 +460,19 @@ class Connection:
         self._refreshing = False
         if reply.error is not None:
             if not reply.error.retryable:
-                self.ending = Outcome(code=reply.error.code,
-                                      reason=f"refresh refused: {reply.error.message}")
+                self.ending = Outcome(
+                    code=reply.error.code, reason=f"refresh refused: {reply.error.message}"
+                )
                 return
             self._schedule_refresh_retry()
             return
         result = parse_refresh_result(reply.result("refresh"))
         self._refresh_failures = 0
-        self._refresh_at = (self.session.clock() + refresh_delay(result.ttl)
-                            if result.expires and result.ttl > 0 else None)
+        self._refresh_at = (
+            self.session.clock() + refresh_delay(result.ttl)
+            if result.expires and result.ttl > 0
+            else None
+        )
 
     def _handle_unsubscribe_push(self, push: UnsubscribePush) -> None:
         subs = self.session.subs
@@ -448,8 +482,9 @@ class Connection:
         if not push.resubscribe:
             log.warning("server unsubscribed %s: %s %s", push.channel, push.code, push.reason)
             del subs[push.channel]
-            sub.mark_unsubscribed(RealtimeError(
-                f"server unsubscribed {push.channel}: {push.reason}", code=push.code))
+            sub.mark_unsubscribed(
+                RealtimeError(f"server unsubscribed {push.channel}: {push.reason}", code=push.code)
+            )
         elif sub.state is SubscriptionState.SUBSCRIBED:
             self._resubscribe(sub, unsubscribe_first=False)
 
@@ -504,4 +539,5 @@ class Connection:
     def _schedule_refresh_retry(self) -> None:
         self._refresh_failures += 1
         self._refresh_at = self.session.clock() + reconnect_delay(
-            self._refresh_failures, 1.0, 30.0, self.session.rng)
+            self._refresh_failures, 1.0, 30.0, self.session.rng
+        )

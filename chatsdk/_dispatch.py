@@ -40,8 +40,9 @@ class Dispatcher:
                 return
             self._stopping = False
             self._queue = queue.SimpleQueue()
-            self._thread = threading.Thread(target=self._run, args=(self._queue,),
-                                            name=self._name, daemon=True)
+            self._thread = threading.Thread(
+                target=self._run, args=(self._queue,), name=self._name, daemon=True
+            )
             self._thread.start()
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> None:

@@ -70,16 +70,25 @@ def parse_event(channel_id: str, pub: Publication) -> ChatEvent:
         raise ValueError("publication data is not an object")
     kind = data.get("type")
     if kind in MESSAGE_EVENT_TYPES:
-        return MessageEvent(type=kind, channel_id=channel_id,
-                            message=Message.from_json(data.get("message")), offset=pub.offset)
+        return MessageEvent(
+            type=kind,
+            channel_id=channel_id,
+            message=Message.from_json(data.get("message")),
+            offset=pub.offset,
+        )
     if kind in REACTION_EVENT_TYPES:
-        return ReactionEvent(type=kind, channel_id=channel_id,
-                             reaction=Reaction.from_json(data.get("reaction")), offset=pub.offset)
+        return ReactionEvent(
+            type=kind,
+            channel_id=channel_id,
+            reaction=Reaction.from_json(data.get("reaction")),
+            offset=pub.offset,
+        )
     raise ValueError(f"unknown event type {str(kind)[:40]!r}")
 
 
-def event_handler(channel_id: str,
-                  on_event: Callable[[ChatEvent], object]) -> Callable[[Publication], None]:
+def event_handler(
+    channel_id: str, on_event: Callable[[ChatEvent], object]
+) -> Callable[[Publication], None]:
     """An ``on_publication`` callback that hands typed events to ``on_event``.
 
     Publications that are not valid chat events are logged and skipped.
@@ -89,8 +98,9 @@ def event_handler(channel_id: str,
         try:
             event = parse_event(channel_id, pub)
         except ValueError as exc:
-            log.warning("skipped a publication on %s at offset %d: %s", pub.channel,
-                        pub.offset, exc)
+            log.warning(
+                "skipped a publication on %s at offset %d: %s", pub.channel, pub.offset, exc
+            )
             return
         on_event(event)
 

@@ -153,8 +153,7 @@ class RealtimeClient:
             raise ConfigurationError("need 0 <= min_reconnect_delay <= max_reconnect_delay")
         if restart_spread < 0 or stable_after < 0 or ping_grace < 0 or timeout <= 0:
             raise ConfigurationError("delays must be >= 0 and timeout > 0")
-        if suspend_after < 1 or (max_reconnect_attempts is not None
-                                 and max_reconnect_attempts < 1):
+        if suspend_after < 1 or (max_reconnect_attempts is not None and max_reconnect_attempts < 1):
             raise ConfigurationError("suspend_after and max_reconnect_attempts must be >= 1")
         self.url = url
         self._token = token or ""
@@ -188,10 +187,18 @@ class RealtimeClient:
         self._unconnected = 0  # consecutive attempts that never reached connected
         self._restarting = False  # the last working connection ended with a restart code
         self._session = Session(
-            lock=self._lock, subs=self._subs, dispatcher=self._dispatcher,
-            counters=self._counters, clock=clock, rng=self._rng, timeout=self._timeout,
-            ping_grace=float(ping_grace), min_delay=self._min_delay,
-            max_delay=self._max_delay, get_token=get_token, on_connected=self._on_connected,
+            lock=self._lock,
+            subs=self._subs,
+            dispatcher=self._dispatcher,
+            counters=self._counters,
+            clock=clock,
+            rng=self._rng,
+            timeout=self._timeout,
+            ping_grace=float(ping_grace),
+            min_delay=self._min_delay,
+            max_delay=self._max_delay,
+            get_token=get_token,
+            on_connected=self._on_connected,
             spawn=self._spawn,
         )
 
@@ -295,8 +302,7 @@ class RealtimeClient:
             self._unconnected = 0
             self._dispatcher.start()
             self._set_state(RealtimeState.CONNECTING)
-            self._thread = threading.Thread(target=self._run, name="chatsdk-realtime",
-                                            daemon=True)
+            self._thread = threading.Thread(target=self._run, name="chatsdk-realtime", daemon=True)
             self._thread.start()
 
     def wait_connected(self, timeout: float | None = None) -> bool:
@@ -372,8 +378,13 @@ class RealtimeClient:
                 raise RealtimeError("the realtime client is closed")
             if channel in self._subs:
                 raise ValidationError("channel", f"already subscribed to {channel}")
-            sub = Subscription(channel, on_publication, on_recovery_failed=on_recovery_failed,
-                               since=since, unsubscribe_hook=self._unsubscribe)
+            sub = Subscription(
+                channel,
+                on_publication,
+                on_recovery_failed=on_recovery_failed,
+                since=since,
+                unsubscribe_hook=self._unsubscribe,
+            )
             self._subs[channel] = sub
             conn = self._conn
             if conn is not None and conn.usable:
@@ -397,8 +408,12 @@ class RealtimeClient:
         """
         from chatsdk._events import event_handler  # noqa: PLC0415 - models load lazily
 
-        return self.subscribe(f"chat:{channel_id}", event_handler(channel_id, on_event),
-                              on_recovery_failed=on_recovery_failed, since=since)
+        return self.subscribe(
+            f"chat:{channel_id}",
+            event_handler(channel_id, on_event),
+            on_recovery_failed=on_recovery_failed,
+            since=since,
+        )
 
     def subscriptions(self) -> list[Subscription]:
         """The active subscriptions."""
@@ -460,8 +475,9 @@ class RealtimeClient:
                     try:
                         permit = self._breaker.acquire()
                     except CircuitBreakerOpenError as exc:
-                        log.info("realtime breaker %s is open; waiting %.2fs",
-                                 exc.name, exc.retry_after)
+                        log.info(
+                            "realtime breaker %s is open; waiting %.2fs", exc.name, exc.retry_after
+                        )
                         delay = max(exc.retry_after, 0.01)
                         continue
                 outcome = self._attempt(permit)
@@ -487,9 +503,12 @@ class RealtimeClient:
                 self._counters.last_code = outcome.code
                 self._counters.last_reason = outcome.reason
         if outcome.final:
-            self._stop_on_error(RealtimeError(
-                f"realtime connection closed for good: {outcome.code} {outcome.reason}",
-                code=outcome.code))
+            self._stop_on_error(
+                RealtimeError(
+                    f"realtime connection closed for good: {outcome.code} {outcome.reason}",
+                    code=outcome.code,
+                )
+            )
             return None
         if outcome.connected_for is not None:
             if outcome.connected_for >= self._stable_after:
@@ -504,17 +523,29 @@ class RealtimeClient:
             return delay
         self._unconnected += 1
         if self._max_attempts is not None and self._unconnected >= self._max_attempts:
-            self._stop_on_error(RealtimeError(
-                f"gave up after {self._unconnected} attempts "
-                f"(last: {outcome.code} {outcome.reason})", code=outcome.code))
+            self._stop_on_error(
+                RealtimeError(
+                    f"gave up after {self._unconnected} attempts "
+                    f"(last: {outcome.code} {outcome.reason})",
+                    code=outcome.code,
+                )
+            )
             return None
         # Still down after a restart: keep the jitter at least as wide as restart_spread, or
         # the clients that came too early would all return together when it is back.
-        delay = reconnect_delay(self._step, self._min_delay, self._max_delay, self._rng,
-                                min_spread=self._restart_spread if self._restarting else 0.0)
+        delay = reconnect_delay(
+            self._step,
+            self._min_delay,
+            self._max_delay,
+            self._rng,
+            min_spread=self._restart_spread if self._restarting else 0.0,
+        )
         self._step += 1
-        self._set_state(RealtimeState.SUSPENDED if self._unconnected >= self._suspend_after
-                        else RealtimeState.CONNECTING)
+        self._set_state(
+            RealtimeState.SUSPENDED
+            if self._unconnected >= self._suspend_after
+            else RealtimeState.CONNECTING
+        )
         return delay
 
     def _stop_on_error(self, error: RealtimeError) -> None:
@@ -542,10 +573,14 @@ class RealtimeClient:
         except (UnauthorizedError, ForbiddenError) as exc:
             return Outcome(code=CODE_TOKEN_ERROR, reason=f"token refused: {exc}", final=True)
         except Exception as exc:
-            log.log(logging.WARNING if self._unconnected == 0 else logging.DEBUG,
-                    "realtime token fetch failed: %s", exc)
-            return Outcome(code=CODE_TOKEN_ERROR, reason=f"token fetch failed: {exc}",
-                           handshake_failed=True)
+            log.log(
+                logging.WARNING if self._unconnected == 0 else logging.DEBUG,
+                "realtime token fetch failed: %s",
+                exc,
+            )
+            return Outcome(
+                code=CODE_TOKEN_ERROR, reason=f"token fetch failed: {exc}", handshake_failed=True
+            )
         if self._closing.is_set():
             return Outcome(code=1000, reason="client closed")
         ws: Any = websocket.WebSocket(enable_multithread=True)
@@ -622,8 +657,9 @@ def _token_body(body: Mapping[str, Any]) -> tuple[str, str]:
     token = body.get("token") if isinstance(body, Mapping) else None
     url = body.get("url") if isinstance(body, Mapping) else None
     if not isinstance(token, str) or not isinstance(url, str):
-        raise InvalidResponseError(200, None, "realtime token body needs string token and url",
-                                   body=body)
+        raise InvalidResponseError(
+            200, None, "realtime token body needs string token and url", body=body
+        )
     return token, url
 
 

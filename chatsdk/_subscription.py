@@ -254,8 +254,9 @@ class Subscription:
             step.duplicates = 1
             return step
         if raw.offset > stream.offset + 1:
-            log.info("gap on %s: offset %d after %d; recovering",
-                     self.channel, raw.offset, stream.offset)
+            log.info(
+                "gap on %s: offset %d after %d; recovering", self.channel, raw.offset, stream.offset
+            )
             self._held.append(raw)
             step.resubscribe = True
             return step
@@ -293,15 +294,17 @@ class Subscription:
     # -- helpers ------------------------------------------------------------------------
 
     def _publication(self, raw: RawPublication, epoch: str) -> Publication:
-        return Publication(channel=self.channel, data=raw.data, offset=raw.offset,
-                           epoch=epoch, info=raw.info)
+        return Publication(
+            channel=self.channel, data=raw.data, offset=raw.offset, epoch=epoch, info=raw.info
+        )
 
     def _set_subscribed(self) -> None:
         self._state = SubscriptionState.SUBSCRIBED
         self._subscribed.set()
 
-    def _merge(self, base: StreamPosition, candidates: Sequence[RawPublication],
-               step: Step) -> bool:
+    def _merge(
+        self, base: StreamPosition, candidates: Sequence[RawPublication], step: Step
+    ) -> bool:
         """Hand over candidates after ``base`` in offset order; True when a gap remains."""
         last = base.offset
         gap = False
