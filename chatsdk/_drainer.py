@@ -15,6 +15,12 @@ drain in parallel and each channel in order) and hands them to worker threads, w
 - 401, 403: the claim is given back and draining stops with an ERROR log until
   :meth:`Drainer.resume` (the key is at fault, not the message).
 
+A worker keeps to its channel: the transaction that records an outcome (``sent`` or
+``failed``) also claims the channel's next entry when it is due, so a busy channel costs one
+commit per message and no hand-off between threads. After :data:`STREAK` entries in a row
+the worker claims the most overdue head of any channel instead (in the same transaction),
+so a channel that keeps filling up does not hold a worker while other channels wait.
+
 The loop wakes at once on this process's events (:meth:`Drainer.notify`: a new entry, a
 breaker closing, a realtime reconnect) and otherwise sleeps until the next due entry, looking
 at the file at least every ``poll_interval`` seconds for work queued by other processes.
@@ -43,16 +49,18 @@ from chatsdk._exceptions import (
     OutboxError,
     UnauthorizedError,
 )
-from chatsdk._outbox import Outbox
+from chatsdk._outbox import Follow, Outbox
 from chatsdk._outbox_models import Operation, OutboxEntry
 from chatsdk._retry import backoff_for, retry_after_of, should_retry
 
-__all__ = ["PERMANENT_STATUSES", "Drainer", "is_permanent"]
+__all__ = ["PERMANENT_STATUSES", "STREAK", "Drainer", "is_permanent"]
 
 log = logging.getLogger(__name__)
 
 #: Statuses that condemn the message itself: the entry is failed and its channel moves on.
 PERMANENT_STATUSES = frozenset({400, 404, 413, 422})
+#: Entries a worker delivers from one channel in a row before it takes the most overdue head.
+STREAK = 32
 _SWEEP_EVERY = 60.0  # seconds between expiry sweeps (and pruning of old sent entries)
 _MIN_PAUSE = 0.25  # pause when the breaker is half-open with its probe slots taken
 _LIVE: weakref.WeakSet[Drainer] = weakref.WeakSet()
@@ -205,6 +213,7 @@ class Drainer:
             self._stopping = True
             threads = list(self._threads)
         self._wake.set()
+        self.outbox.signal()  # a flush() waiting in another thread gives up now
         for _ in range(self._size):
             self._jobs.put(None)
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -259,22 +268,41 @@ class Drainer:
 
     def _work(self) -> None:
         while True:
-            entry = self._jobs.get()
-            if entry is None:
+            job = self._jobs.get()
+            if job is None:
                 return
+            entry: OutboxEntry[Any] | None = job
+            streak = 0
             try:
-                self.process(entry)
-            except OutboxError as exc:
-                # The outcome could not be written; the lease runs out and the entry is
-                # resent under the same key, so the server replays rather than duplicates.
-                log.warning("outbox entry %d: outcome not recorded: %s", entry.id, exc)
+                while entry is not None:
+                    streak += 1
+                    follow: Follow = "channel" if streak < STREAK else "any"
+                    if self._cannot_progress() or self.paused_for > 0:
+                        follow = None  # hand nothing new to a drainer that should not send
+                    elif follow == "any":
+                        streak = 0
+                    entry = self._process_one(entry, follow)
             finally:
                 with self._lock:
                     self._inflight -= 1
                 self._wake.set()
 
-    def process(self, entry: OutboxEntry[Any]) -> None:
-        """Deliver one claimed entry and record the outcome in the outbox."""
+    def _process_one(self, entry: OutboxEntry[Any], follow: Follow) -> OutboxEntry[Any] | None:
+        try:
+            return self.process(entry, follow=follow)
+        except OutboxError as exc:
+            # The outcome could not be written; the lease runs out and the entry is resent
+            # under the same key, so the server replays rather than duplicates.
+            log.warning("outbox entry %d: outcome not recorded: %s", entry.id, exc)
+            return None
+
+    def process(self, entry: OutboxEntry[Any], *, follow: Follow = None) -> OutboxEntry[Any] | None:
+        """Deliver one claimed entry and record the outcome in the outbox.
+
+        With ``follow``, a ``sent`` or ``failed`` outcome's transaction also claims the next
+        entry (see :data:`chatsdk._outbox.Follow`), which is returned for this worker to
+        deliver next; None when nothing was claimed.
+        """
         op = entry.operation
         try:
             response = self._deliver(op)
@@ -293,8 +321,7 @@ class Drainer:
         except Exception as exc:
             if is_permanent(exc, self._retry):
                 log.warning("outbox entry %d failed for good: %s", entry.id, exc)
-                self.outbox.fail(entry, exc)
-                return
+                return self.outbox.fail(entry, exc, follow=follow)
             if not isinstance(exc, ChatSDKError):
                 log.warning("outbox entry %d: deliver raised %r", entry.id, exc, exc_info=True)
             retry_after = retry_after_of(exc)
@@ -303,7 +330,8 @@ class Drainer:
             log.info("outbox entry %d: %s; next attempt in %.2fs", entry.id, exc, delay)
             self.outbox.reschedule(entry, exc, delay, retry_after=retry_after)
         else:
-            self.outbox.ack(entry, response)
+            return self.outbox.ack(entry, response, follow=follow)
+        return None
 
     def _pause(self, retry_after: float, op: Operation) -> None:
         wait = retry_after if retry_after > 0 else _MIN_PAUSE

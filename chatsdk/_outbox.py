@@ -11,7 +11,8 @@ Claims are atomic across processes (``BEGIN IMMEDIATE``) and carry a lease (owne
 expiry): an entry whose owner died is taken over when the lease runs out, or at once when
 the owner was a process on this host that no longer exists, and resent with the same key.
 A channel's next entry is never claimable before the previous one left ``queued``/``sending``.
-The background delivery loop lives in :mod:`chatsdk._drainer`.
+The background delivery loop lives in :mod:`chatsdk._drainer`; the SQL statements in
+:mod:`chatsdk._outbox_sql`.
 """
 
 from __future__ import annotations
@@ -23,13 +24,13 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Literal
 
+from chatsdk import _outbox_sql as sql
 from chatsdk._exceptions import OutboxError, WaitTimeoutError
 from chatsdk._models import Message, Reaction
 from chatsdk._outbox_db import Database, Durability
 from chatsdk._outbox_models import (
-    COLUMNS,
     Kind,
     Operation,
     OutboxEntry,
@@ -39,7 +40,7 @@ from chatsdk._outbox_models import (
     error_record,
 )
 
-__all__ = ["Durability", "Operation", "Outbox", "OutboxEntry", "OutboxStats"]
+__all__ = ["Durability", "Follow", "Operation", "Outbox", "OutboxEntry", "OutboxStats"]
 
 log = logging.getLogger(__name__)
 
@@ -48,83 +49,10 @@ STATUSES = ("queued", "sending", "sent", "failed", "expired")
 TERMINAL = ("sent", "failed", "expired")
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 _POLL = 1.0  # at most this long between looks at the file for other processes' work
-_PENDING = "status IN ('queued', 'sending')"  # the partial index's condition, verbatim
-
-# Positions in a row of COLUMNS, for the claim's hot loop.
-_STATUS, _ATTEMPTS, _CREATED, _NEXT_AT, _OWNER, _LEASE_EXPIRES = 5, 6, 7, 8, 9, 10
-assert [c.strip() for c in COLUMNS.split(",")][5:11] == [
-    "status",
-    "attempts",
-    "created_at",
-    "next_attempt_at",
-    "lease_owner",
-    "lease_expires_at",
-]
-
-# Every statement is built from the constants here; values always go in as parameters.
-_INSERT = (
-    "INSERT INTO entries (kind, channel, idempotency_key, body, created_at, next_attempt_at)"
-    " VALUES (?, ?, ?, ?, ?, ?)"
-)
-_SELECT = f"SELECT {COLUMNS} FROM entries"  # noqa: S608
-_BY_ID = f"{_SELECT} WHERE id = ?"
-_BY_KEY = f"{_SELECT} WHERE idempotency_key = ?"
-_COUNT_PENDING = f"SELECT count(*) FROM entries WHERE {_PENDING}"  # noqa: S608
-_OLDEST_PENDING = f"SELECT min(created_at) FROM entries WHERE {_PENDING}"  # noqa: S608
-# Each channel's head (its oldest pending entry): a recursive walk over the distinct
-# channels of the partial index, so a claim costs O(channels * log n), not O(pending).
-_HEADS = f"""
-WITH RECURSIVE chans(c) AS (
-    SELECT (SELECT min(channel) FROM entries WHERE {_PENDING})
-    UNION ALL
-    SELECT (SELECT min(channel) FROM entries WHERE {_PENDING} AND channel > chans.c)
-    FROM chans WHERE chans.c IS NOT NULL
-)
-SELECT {", ".join("e." + c.strip() for c in COLUMNS.split(","))}
-FROM chans JOIN entries e ON e.id = (
-    SELECT id FROM entries WHERE {_PENDING} AND channel = chans.c ORDER BY id LIMIT 1)
-ORDER BY e.next_attempt_at, e.id
-"""  # noqa: S608
-_CLAIM = (
-    "UPDATE entries SET status = 'sending', attempts = attempts + 1, lease_owner = ?,"
-    " lease_expires_at = ? WHERE id = ?"
-)
-_ACK = (
-    "UPDATE entries SET status = 'sent', finished_at = ?, response = ?, lease_owner = NULL,"
-    " lease_expires_at = NULL WHERE id = ? AND status != 'sent'"
-)
-# Outcomes apply only while the claim is still ours (the WHERE of the next three: a
-# takeover bumps attempts); see _fence().
-_RESCHEDULE = (
-    "UPDATE entries SET status = 'queued', next_attempt_at = ?, lease_owner = NULL,"
-    " lease_expires_at = NULL, last_error = ?, error = ?"
-    " WHERE id = ? AND status = 'sending' AND lease_owner = ? AND attempts = ?"
-)
-_FINISH = (
-    "UPDATE entries SET status = ?, finished_at = ?, lease_owner = NULL,"
-    " lease_expires_at = NULL, last_error = ?, error = ?, possibly_delivered = ?"
-    " WHERE id = ? AND status = 'sending' AND lease_owner = ? AND attempts = ?"
-)
-_RELEASE = (
-    "UPDATE entries SET status = 'queued', attempts = attempts - 1, lease_owner = NULL,"
-    " lease_expires_at = NULL"
-    " WHERE id = ? AND status = 'sending' AND lease_owner = ? AND attempts = ?"
-)
-_REQUEUE = (
-    "UPDATE entries SET status = 'queued', idempotency_key = ?, attempts = 0, created_at = ?,"
-    " next_attempt_at = ?, lease_owner = NULL, lease_expires_at = NULL, finished_at = NULL,"
-    " last_error = NULL, error = NULL, possibly_delivered = 0 WHERE id = ?"
-)
-_EXPEDITE = f"""
-UPDATE entries SET next_attempt_at = ? WHERE {_PENDING} AND status = 'queued'
-AND next_attempt_at > ? AND json_extract(error, '$.retry_after') IS NULL
-"""  # noqa: S608
-_EXPIRE = f"""
-UPDATE entries SET status = 'expired', finished_at = ?, lease_owner = NULL,
-    lease_expires_at = NULL, possibly_delivered = (attempts > 0), last_error = ?, error = ?
-WHERE {_PENDING} AND created_at <= ? AND NOT (status = 'sending' AND lease_expires_at > ?)
-"""  # noqa: S608
-_PRUNE_SENT = "DELETE FROM entries WHERE status = 'sent' AND finished_at <= ?"
+#: What :meth:`Outbox.ack` and :meth:`Outbox.fail` claim next in the same transaction:
+#: ``"channel"``, the entry's channel's next entry when it is due; ``"any"``, the most
+#: overdue channel head, as :meth:`Outbox.claim` picks them; None, nothing.
+Follow = Literal["channel", "any"] | None
 
 
 def _owner_alive(owner: str | None, host: str) -> bool:
@@ -227,9 +155,9 @@ class Outbox:
 
         def insert(conn: sqlite3.Connection) -> OutboxEntry[Any]:
             try:
-                row_id = conn.execute(_INSERT, (kind, channel, key, text, now, now)).lastrowid
+                row_id = conn.execute(sql.INSERT, (kind, channel, key, text, now, now)).lastrowid
             except sqlite3.IntegrityError:
-                row = conn.execute(_BY_KEY, (key,)).fetchone()
+                row = conn.execute(sql.BY_KEY, (key,)).fetchone()
                 if (row[1], row[2], row[4]) != (kind, channel, text):
                     raise ValueError(
                         f"idempotency key {key!r} is already used by outbox entry {row[0]} "
@@ -257,7 +185,7 @@ class Outbox:
     def get(self, entry_id: int) -> OutboxEntry[Any] | None:
         """The entry as the file has it now, or None when there is no such entry."""
         row = self._run(
-            lambda c: c.execute(_BY_ID, (entry_id,)).fetchone(),
+            lambda c: c.execute(sql.BY_ID, (entry_id,)).fetchone(),
             write=False,
         )
         return None if row is None else entry_from_row(self, row)
@@ -269,13 +197,13 @@ class Outbox:
         if status is not None and status not in STATUSES:
             raise ValueError(f"status must be one of {', '.join(STATUSES)}; got {status!r}")
         self.expire()
-        sql = _SELECT
+        query = sql.SELECT
         args: tuple[Any, ...] = ()
         if status is not None:
-            sql, args = sql + " WHERE status = ?", (status,)
-        sql += " ORDER BY id LIMIT ?"
+            query, args = query + " WHERE status = ?", (status,)
+        query += " ORDER BY id LIMIT ?"
         args += (-1 if limit is None else limit,)
-        rows = self._run(lambda c: c.execute(sql, args).fetchall(), write=False)
+        rows = self._run(lambda c: c.execute(query, args).fetchall(), write=False)
         return [entry_from_row(self, row) for row in rows]
 
     def stats(self) -> OutboxStats:
@@ -284,7 +212,7 @@ class Outbox:
 
         def read(conn: sqlite3.Connection) -> tuple[list[Any], Any]:
             counts = conn.execute("SELECT status, count(*) FROM entries GROUP BY status")
-            oldest = conn.execute(_OLDEST_PENDING)
+            oldest = conn.execute(sql.OLDEST_PENDING)
             return counts.fetchall(), oldest.fetchone()[0]
 
         counts, oldest = self._run(read, write=False)
@@ -292,11 +220,15 @@ class Outbox:
         age = None if oldest is None else max(0.0, self._clock() - oldest)
         return OutboxStats(**known, oldest_pending_age=age)
 
+    def has_pending(self) -> bool:
+        """True while an entry is ``queued`` or ``sending``, in any process (one index probe)."""
+        return bool(self._run(lambda c: c.execute(sql.HAS_PENDING).fetchone()[0], write=False))
+
     def pending_count(self) -> int:
         """Entries ``queued`` or ``sending``, in every process."""
         return int(
             self._run(
-                lambda c: c.execute(_COUNT_PENDING).fetchone()[0],
+                lambda c: c.execute(sql.COUNT_PENDING).fetchone()[0],
                 write=False,
             )
         )
@@ -315,7 +247,7 @@ class Outbox:
         now = self._clock()
 
         def requeue(conn: sqlite3.Connection) -> OutboxEntry[Any]:
-            entry = conn.execute(_BY_ID, (entry_id,)).fetchone()
+            entry = conn.execute(sql.BY_ID, (entry_id,)).fetchone()
             if entry is None:
                 raise OutboxError(f"no outbox entry {entry_id}")
             old = entry_from_row(self, entry)
@@ -327,8 +259,8 @@ class Outbox:
             key = (
                 str(uuid.uuid4()) if rejected or not old.possibly_delivered else old.idempotency_key
             )
-            conn.execute(_REQUEUE, (key, now, now, entry_id))
-            return entry_from_row(self, conn.execute(_BY_ID, (entry_id,)).fetchone())
+            conn.execute(sql.REQUEUE, (key, now, now, entry_id))
+            return entry_from_row(self, conn.execute(sql.BY_ID, (entry_id,)).fetchone())
 
         entry = self._run(requeue)
         for listener in self._listeners:
@@ -354,20 +286,20 @@ class Outbox:
     def wait(self, entry_id: int, timeout: float | None = None) -> Message | Reaction:
         """Block until entry ``entry_id`` is finished; see :meth:`OutboxEntry.wait`."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._db.changed:
-            while True:
-                entry = self.get(entry_id)
-                if entry is None:
-                    raise OutboxError(f"outbox entry {entry_id} is no longer in the outbox")
-                if entry.status in TERMINAL:
-                    result: Message | Reaction = entry.result()
-                    return result
-                remaining = _POLL if deadline is None else deadline - time.monotonic()
-                if remaining <= 0:
-                    raise WaitTimeoutError(
-                        f"outbox entry {entry_id} still {entry.status} after {timeout}s"
-                    )
-                self._db.changed.wait(min(_POLL, remaining))
+        while True:
+            seen = self._db.generation  # before the read: a change after it ends the wait
+            entry = self.get(entry_id)
+            if entry is None:
+                raise OutboxError(f"outbox entry {entry_id} is no longer in the outbox")
+            if entry.status in TERMINAL:
+                result: Message | Reaction = entry.result()
+                return result
+            remaining = _POLL if deadline is None else deadline - time.monotonic()
+            if remaining <= 0:
+                raise WaitTimeoutError(
+                    f"outbox entry {entry_id} still {entry.status} after {timeout}s"
+                )
+            self._db.wait_changed(seen, min(_POLL, remaining))
 
     def wait_idle(
         self, timeout: float | None = None, *, give_up: Callable[[], bool] | None = None
@@ -377,13 +309,16 @@ class Outbox:
         ``give_up()``, checked at every wake-up, ends the wait early with False.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._db.changed:
-            while self.pending_count():
-                remaining = _POLL if deadline is None else deadline - time.monotonic()
-                if remaining <= 0 or (give_up is not None and give_up()):
-                    return False
-                self._db.changed.wait(min(_POLL, remaining))
-        return True
+        while True:
+            # Read before the query: a change after it ends the wait. Only changes that may
+            # leave nothing pending wake this waiter, not every delivery of a busy drain.
+            seen = self._db.settled_generation
+            if not self.has_pending():
+                return True
+            remaining = _POLL if deadline is None else deadline - time.monotonic()
+            if remaining <= 0 or (give_up is not None and give_up()):
+                return False
+            self._db.wait_changed(seen, min(_POLL, remaining), settled=True)
 
     def signal(self) -> None:
         """Wake this process's threads blocked in :meth:`wait` or :meth:`wait_idle`."""
@@ -415,50 +350,96 @@ class Outbox:
         Returns the claimed entries (now ``sending`` under this process's lease) and the
         wall-clock time the next unclaimed head becomes due (None when there is none).
         """
+        return self._run(lambda conn: self._take(conn, limit, self._clock()))
+
+    def _take(
+        self, conn: sqlite3.Connection, limit: int, now: float
+    ) -> tuple[list[OutboxEntry[Any]], float | None]:
+        """:meth:`claim`'s work, inside the caller's ``BEGIN IMMEDIATE`` transaction."""
         owner = self.owner
-        host = self._db.host
+        # Raw rows: only the heads actually claimed are decoded into entries.
+        heads = conn.execute(sql.HEADS).fetchall()
+        if any(row[sql.CREATED] <= now - self.max_age for row in heads):
+            self._expire(conn, now)
+            heads = conn.execute(sql.HEADS).fetchall()
+        claimed: list[OutboxEntry[Any]] = []
+        next_due: float | None = None
+        for row in heads:
+            if row[sql.STATUS] == "queued":
+                due = row[sql.NEXT_AT]
+            elif row[sql.OWNER] == owner:
+                continue  # ours, in flight
+            elif _owner_alive(row[sql.OWNER], self._db.host):
+                due = row[sql.LEASE_EXPIRES] or 0.0
+            else:
+                due = now
+            if due <= now and len(claimed) < limit:
+                claimed.append(self._claim_row(conn, row, now))
+            elif next_due is None or due < next_due:
+                next_due = due
+        return claimed, next_due
 
-        def take(conn: sqlite3.Connection) -> tuple[list[OutboxEntry[Any]], float | None]:
+    def _claim_row(
+        self, conn: sqlite3.Connection, row: tuple[Any, ...], now: float
+    ) -> OutboxEntry[Any]:
+        """Claim the entry of ``row`` (a due head) for this process; returns it as claimed."""
+        owner, expires = self.owner, now + self.lease_seconds
+        conn.execute(sql.CLAIM, (owner, expires, row[0]))
+        claimed = list(row)
+        claimed[sql.STATUS], claimed[sql.ATTEMPTS] = "sending", row[sql.ATTEMPTS] + 1
+        claimed[sql.OWNER], claimed[sql.LEASE_EXPIRES] = owner, expires
+        return entry_from_row(self, tuple(claimed))
+
+    def _follow(
+        self, conn: sqlite3.Connection, entry: OutboxEntry[Any], follow: Follow, now: float
+    ) -> OutboxEntry[Any] | None:
+        """After ``entry``'s outcome, in the same transaction: claim what ``follow`` asks."""
+        if follow == "any":
+            claimed, _ = self._take(conn, 1, now)
+            return claimed[0] if claimed else None
+        if follow is None:
+            return None
+        row = conn.execute(sql.CHANNEL_HEAD, (entry.operation.channel,)).fetchone()
+        # Only a queued, due, unexpired head: anything else (a backoff, another process's
+        # lease, an entry to expire) is the loop's to sort out, as it is for every head.
+        if (
+            row is None
+            or row[sql.STATUS] != "queued"
+            or row[sql.NEXT_AT] > now
+            or row[sql.CREATED] <= now - self.max_age
+        ):
+            return None
+        return self._claim_row(conn, row, now)
+
+    def ack(
+        self, entry: OutboxEntry[Any], response: dict[str, Any], *, follow: Follow = None
+    ) -> OutboxEntry[Any] | None:
+        """Record a delivery: the entry is ``sent`` with the server's response.
+
+        With ``follow``, the same transaction also claims the next entry to deliver (see
+        :data:`Follow`), which is returned (None when there is none due): a worker keeps to
+        its channel for one commit per message.
+        """
+        text = _ENCODER.encode(response)
+
+        def record(conn: sqlite3.Connection) -> OutboxEntry[Any] | None:
             now = self._clock()
-            # Raw rows: only the heads actually claimed are decoded into entries.
-            heads = conn.execute(_HEADS).fetchall()
-            if any(row[_CREATED] <= now - self.max_age for row in heads):
-                self._expire(conn, now)
-                heads = conn.execute(_HEADS).fetchall()
-            claimed: list[OutboxEntry[Any]] = []
-            next_due: float | None = None
-            for row in heads:
-                if row[_STATUS] == "queued":
-                    due = row[_NEXT_AT]
-                elif row[_OWNER] == owner:
-                    continue  # ours, in flight
-                elif _owner_alive(row[_OWNER], host):
-                    due = row[_LEASE_EXPIRES] or 0.0
-                else:
-                    due = now
-                if due <= now and len(claimed) < limit:
-                    expires = now + self.lease_seconds
-                    conn.execute(_CLAIM, (owner, expires, row[0]))
-                    row = list(row)  # noqa: PLW2901
-                    row[_STATUS], row[_ATTEMPTS] = "sending", row[_ATTEMPTS] + 1
-                    row[_OWNER], row[_LEASE_EXPIRES] = owner, expires
-                    claimed.append(entry_from_row(self, tuple(row)))
-                elif next_due is None or due < next_due:
-                    next_due = due
-            return claimed, next_due
+            conn.execute(sql.ACK, (now, text, entry.id))
+            return self._follow(conn, entry, follow, now)
 
-        return self._run(take)
+        claimed = self._run(record)
+        self._db.signal(settled=claimed is None)
+        return claimed
 
-    def ack(self, entry: OutboxEntry[Any], response: dict[str, Any]) -> None:
-        """Record a delivery: the entry is ``sent`` with the server's response."""
-        now = self._clock()
-        self._run(lambda c: c.execute(_ACK, (now, _ENCODER.encode(response), entry.id)))
-        self._db.signal()
+    def fail(
+        self, entry: OutboxEntry[Any], error: BaseException, *, follow: Follow = None
+    ) -> OutboxEntry[Any] | None:
+        """Record a permanent error: the entry is ``failed`` (dead letter); the channel moves on.
 
-    def fail(self, entry: OutboxEntry[Any], error: BaseException) -> None:
-        """Record a permanent error: the entry is ``failed`` (dead letter); the channel moves on."""
+        ``follow`` claims the next entry in the same transaction, as for :meth:`ack`.
+        """
         record = error_record(error)
-        self._finish(entry, "failed", record, possibly_delivered=False)
+        return self._finish(entry, "failed", record, possibly_delivered=False, follow=follow)
 
     def reschedule(
         self,
@@ -480,7 +461,7 @@ class Outbox:
         when = self._clock() + max(0.0, delay)
         self._run(
             lambda c: c.execute(
-                _RESCHEDULE,
+                sql.RESCHEDULE,
                 (when, describe_error(record), json.dumps(record), *_fence(entry)),
             )
         )
@@ -488,7 +469,7 @@ class Outbox:
 
     def release(self, entry: OutboxEntry[Any]) -> None:
         """Give a claim back untouched (nothing was sent): ``queued``, attempt not counted."""
-        self._run(lambda c: c.execute(_RELEASE, _fence(entry)))
+        self._run(lambda c: c.execute(sql.RELEASE, _fence(entry)))
 
     def expedite(self) -> int:
         """Make entries backing off after transport/server errors due now (the host is back).
@@ -496,7 +477,7 @@ class Outbox:
         Delays the server asked for (``Retry-After``) are kept. Returns how many moved.
         """
         now = self._clock()
-        return self._run(lambda c: c.execute(_EXPEDITE, (now, now)).rowcount)
+        return self._run(lambda c: c.execute(sql.EXPEDITE, (now, now)).rowcount)
 
     def expire(self) -> int:
         """Mark entries older than ``max_age`` ``expired``; prune old ``sent`` entries."""
@@ -509,11 +490,11 @@ class Outbox:
         record = {"type": "OutboxEntryExpiredError", "message": f"max_age {self.max_age:g}s"}
         text = f"expired undelivered after max_age {self.max_age:g}s"
         count = conn.execute(
-            _EXPIRE, (now, text, json.dumps(record), now - self.max_age, now)
+            sql.EXPIRE, (now, text, json.dumps(record), now - self.max_age, now)
         ).rowcount
         if count:
             log.warning("outbox %s: %d entries expired undelivered", self.path, count)
-        conn.execute(_PRUNE_SENT, (now - self.sent_retention,))
+        conn.execute(sql.PRUNE_SENT, (now - self.sent_retention,))
         return int(count)
 
     def _finish(
@@ -523,22 +504,18 @@ class Outbox:
         record: dict[str, Any],
         *,
         possibly_delivered: bool,
-    ) -> None:
-        now = self._clock()
-        self._run(
-            lambda c: c.execute(
-                _FINISH,
-                (
-                    status,
-                    now,
-                    describe_error(record),
-                    json.dumps(record),
-                    possibly_delivered,
-                    *_fence(entry),
-                ),
-            )
-        )
-        self._db.signal()
+        follow: Follow = None,
+    ) -> OutboxEntry[Any] | None:
+        args = (describe_error(record), json.dumps(record), possibly_delivered, *_fence(entry))
+
+        def finish(conn: sqlite3.Connection) -> OutboxEntry[Any] | None:
+            now = self._clock()
+            conn.execute(sql.FINISH, (status, now, *args))
+            return self._follow(conn, entry, follow, now)
+
+        claimed = self._run(finish)
+        self._db.signal(settled=claimed is None)
+        return claimed
 
 
 def _fence(entry: OutboxEntry[Any]) -> tuple[Any, ...]:

@@ -93,6 +93,11 @@ class Database:
         path: the absolute path of the file.
         owner: this process's lease owner id, ``host:pid:random`` (new after a fork).
         changed: a condition notified whenever this process changes an entry's status.
+        settled: a condition notified by the changes that may leave nothing pending (not by
+            an outcome whose transaction also claimed the next entry: work remains).
+        generation, settled_generation: how many times each was notified. A waiter reads
+            one before it looks at the file and waits (:meth:`wait_changed`) only while it
+            is unchanged, so it neither misses a change nor holds the lock while it queries.
     """
 
     def __init__(
@@ -115,7 +120,10 @@ class Database:
         self._pid = os.getpid()
         self.owner = f"{self.host}:{self._pid}:{uuid.uuid4().hex[:12]}"
         self._lock = threading.RLock()
-        self.changed = threading.Condition(threading.Lock())
+        signals = threading.Lock()
+        self.changed = threading.Condition(signals)
+        self.settled = threading.Condition(signals)
+        self.generation = self.settled_generation = 0
 
     def after_fork(self) -> None:
         """In a forked child: abandon the parent's connection and open our own."""
@@ -246,10 +254,29 @@ class Database:
             self._sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 0.05)
 
-    def signal(self) -> None:
-        """Wake every thread of this process waiting on :attr:`changed`."""
+    def signal(self, *, settled: bool = True) -> None:
+        """Wake this process's threads waiting on :attr:`changed` (and :attr:`settled`).
+
+        ``settled=False`` spares the :attr:`settled` waiters: the change left work pending.
+        """
         with self.changed:
+            self.generation += 1
             self.changed.notify_all()
+            if settled:
+                self.settled_generation += 1
+                self.settled.notify_all()
+
+    def wait_changed(self, seen: int, timeout: float, *, settled: bool = False) -> None:
+        """Wait up to ``timeout`` seconds for a signal after generation ``seen``.
+
+        With ``settled``, ``seen`` is a :attr:`settled_generation` and only signals that
+        may leave nothing pending end the wait.
+        """
+        with self.changed:  # the lock the two conditions share
+            if settled and self.settled_generation == seen:
+                self.settled.wait(timeout)
+            elif not settled and self.generation == seen:
+                self.changed.wait(timeout)
 
     def close(self) -> None:
         """Close the connection (in the process that opened it); idempotent."""

@@ -263,6 +263,80 @@ def test_forbidden_also_stops(outbox: Outbox) -> None:
     assert isinstance(drainer.auth_error, ForbiddenError)
 
 
+# -- a worker keeps to its channel -------------------------------------------------------
+
+
+def work_through(drainer: Drainer) -> None:
+    """One loop step, then a worker's whole run over what it dispatched, synchronously."""
+    drainer._step()
+    drainer._jobs.put(None)  # the worker returns once its streaks are over
+    drainer._work()
+
+
+def test_worker_keeps_to_its_channel_then_takes_the_most_overdue_head(
+    outbox: Outbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(drainer_module, "STREAK", 3)
+    deliver = FakeDeliver()
+    drainer = make(outbox, deliver, workers=1)
+    for channel, text in ("a1", "b1", "a2", "b2", "a3", "a4", "a5"):
+        put(outbox, channel, text)  # one fake-clock instant: due order is queue order
+    work_through(drainer)
+    # a's first three in a row, then b's head (due before a4), then b until it is empty.
+    assert [op.channel + op.body["text"] for op in deliver.calls] == ["a1", "a2", "a3", "b1", "b2"]
+    assert drainer._inflight == 0 and drainer._wake.is_set()  # back in the pool
+    work_through(drainer)
+    assert [op.channel + op.body["text"] for op in deliver.calls][5:] == ["a4", "a5"]
+    assert outbox.stats().sent == 7
+
+
+def test_poison_message_fails_and_the_worker_goes_on_with_its_channel(outbox: Outbox) -> None:
+    deliver = FakeDeliver([BadRequestError(400, "invalid_request", "text: bad")])
+    drainer = make(outbox, deliver, workers=1)
+    poison, after = put(outbox, "a", "1"), put(outbox, "a", "2")
+    work_through(drainer)
+    assert [op.body["text"] for op in deliver.calls] == ["1", "2"]
+    assert outbox.get(poison.id).status == "failed"  # type: ignore[union-attr]
+    assert outbox.get(after.id).status == "sent"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("why", ["paused", "stopping", "auth"])
+def test_worker_claims_nothing_more_for_a_drainer_that_should_not_send(
+    outbox: Outbox, why: str
+) -> None:
+    deliver = FakeDeliver()
+    drainer = make(outbox, deliver, workers=1)
+    first, second = put(outbox, "a", "1"), put(outbox, "a", "2")
+    drainer._step()
+    if why == "paused":
+        drainer._paused_until = 1e12
+    elif why == "stopping":
+        drainer._stopping = True
+    else:
+        drainer._auth_error = UnauthorizedError(401, "unauthorized", "bad key")
+    drainer._jobs.put(None)
+    drainer._work()
+    assert outbox.get(first.id).status == "sent"  # type: ignore[union-attr]
+    assert outbox.get(second.id).status == "queued"  # type: ignore[union-attr]
+    assert len(deliver.calls) == 1
+
+
+def test_stop_ends_a_flush_waiting_in_another_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("chatsdk._outbox._POLL", 600.0)  # no polling rescues a missed wake-up
+    box = Outbox(tmp_path / "t.db")
+    drainer = Drainer(box, FakeDeliver(), workers=1)  # never started: nothing drains
+    box.enqueue("message", "c1", body("c1"))
+    results: list[bool] = []
+    waiting = threading.Thread(target=lambda: results.append(drainer.flush(600)))
+    waiting.start()
+    assert drainer.stop(5)
+    waiting.join(60)
+    assert results == [False]
+    box.close()
+
+
 # -- the circuit breaker -----------------------------------------------------------------
 
 

@@ -282,6 +282,118 @@ def test_owner_alive_rules(monkeypatch: pytest.MonkeyPatch) -> None:
     assert _owner_alive("h:1:x", host)
 
 
+# -- an outcome that claims the next entry in the same transaction ------------------------
+
+
+def test_ack_follow_channel_claims_the_channels_next_entry(outbox: Outbox) -> None:
+    a1, b1, a2 = put(outbox, "a", "1"), put(outbox, "b", "1"), put(outbox, "a", "2")
+    (claimed,), _ = outbox.claim(1)
+    assert claimed.id == a1.id
+    following = outbox.ack(claimed, message_json("m1"), follow="channel")
+    assert following is not None and (following.id, following.status) == (a2.id, "sending")
+    assert (following.attempts, following.lease_owner) == (1, outbox.owner)
+    assert following.operation.body["text"] == "2"
+    assert following == outbox.get(a2.id)  # what the file holds, without a read back
+    assert outbox.get(a1.id).status == "sent"  # type: ignore[union-attr]
+    assert outbox.get(b1.id).status == "queued"  # type: ignore[union-attr]
+    assert outbox.ack(following, message_json("m2"), follow="channel") is None  # a is empty
+    assert outbox.ack(following, message_json("m2")) is None  # no follow: nothing claimed
+
+
+def test_follow_channel_leaves_what_is_not_due_to_the_loop(
+    outbox: Outbox, clock: FakeClock
+) -> None:
+    # A next entry that is not due yet (a backoff, say) waits for the loop.
+    put(outbox, "a", "1")
+    (a1,), _ = outbox.claim(1)
+    later = put(outbox, "a", "2")
+    raw(outbox, "UPDATE entries SET next_attempt_at = ? WHERE id = ?", (T0 + 60, later.id))
+    assert outbox.ack(a1, message_json(), follow="channel") is None
+    assert outbox.claim(5) == ([], T0 + 60)
+    # Another process's live lease on the next entry: not ours to take.
+    c1 = put(outbox, "c", "1")
+    (claimed,), _ = outbox.claim(1)
+    assert claimed.id == c1.id
+    put(outbox, "c", "2")
+    raw(
+        outbox,
+        "UPDATE entries SET status='sending', lease_owner='otherhost:1:x', lease_expires_at=?"
+        " WHERE channel = 'c' AND status = 'queued'",
+        (clock.now + 30,),
+    )
+    assert outbox.ack(claimed, message_json(), follow="channel") is None
+
+
+def test_follow_channel_leaves_an_entry_to_expire_to_the_loop(
+    outbox: Outbox, clock: FakeClock
+) -> None:
+    put(outbox, "a", "1")
+    (a1,), _ = outbox.claim(1)
+    old = put(outbox, "a", "2")
+    raw(outbox, "UPDATE entries SET created_at = ? WHERE id = ?", (T0 - 3600, old.id))
+    assert outbox.ack(a1, message_json(), follow="channel") is None
+    assert outbox.claim(5) == ([], None)  # the loop's claim expires it
+    assert outbox.get(old.id).status == "expired"  # type: ignore[union-attr]
+
+
+def test_follow_any_takes_the_most_overdue_head(outbox: Outbox, clock: FakeClock) -> None:
+    a1 = put(outbox, "a", "1")
+    clock.advance(1)
+    b1, a2 = put(outbox, "b", "1"), put(outbox, "a", "2")
+    (claimed,), _ = outbox.claim(1)
+    assert claimed.id == a1.id
+    following = outbox.ack(claimed, message_json(), follow="any")
+    assert following is not None and following.id == b1.id  # due before a2: b's turn
+    following = outbox.ack(following, message_json(), follow="any")
+    assert following is not None and following.id == a2.id
+    assert outbox.ack(following, message_json(), follow="any") is None
+
+
+def test_fail_follow_moves_the_channel_on_in_one_transaction(outbox: Outbox) -> None:
+    poison, after = put(outbox, "a", "1"), put(outbox, "a", "2")
+    (claimed,), _ = outbox.claim(1)
+    following = outbox.fail(claimed, BadRequestError(400, None, "bad"), follow="channel")
+    assert following is not None and following.id == after.id
+    assert outbox.get(poison.id).status == "failed"  # type: ignore[union-attr]
+    # A fenced-off outcome (the claim was taken over) claims nothing after it either.
+    raw(outbox, "UPDATE entries SET lease_owner = 'otherhost:1:x' WHERE id = ?", (after.id,))
+    assert outbox.fail(following, BadRequestError(400, None, "x"), follow="channel") is None
+    assert outbox.get(after.id).status == "sending"  # type: ignore[union-attr]
+
+
+def test_has_pending(outbox: Outbox) -> None:
+    assert not outbox.has_pending()
+    put(outbox)
+    assert outbox.has_pending()
+    (claimed,), _ = outbox.claim(1)
+    assert outbox.has_pending()
+    outbox.ack(claimed, message_json())
+    assert not outbox.has_pending()
+
+
+def test_idle_waiters_sleep_through_outcomes_that_claimed_more(outbox: Outbox) -> None:
+    db = outbox._db
+    put(outbox, "a", "1"), put(outbox, "a", "2")
+    (claimed,), _ = outbox.claim(1)
+    changes, settles = db.generation, db.settled_generation
+    following = outbox.ack(claimed, message_json(), follow="channel")
+    assert following is not None  # work remains: only entry waiters are woken
+    assert (db.generation, db.settled_generation) == (changes + 1, settles)
+    db.wait_changed(settles, 0.0, settled=True)  # nothing to wait for: returns at once
+    db.wait_changed(changes, 0.0)
+    assert outbox.ack(following, message_json(), follow="channel") is None
+    assert (db.generation, db.settled_generation) == (changes + 2, settles + 1)
+
+
+def test_waiters_wake_on_a_change_after_their_read(outbox: Outbox) -> None:
+    """A signal between a waiter's read of the file and its wait ends the wait at once."""
+    db = outbox._db
+    seen, settled_seen = db.generation, db.settled_generation
+    db.signal()
+    db.wait_changed(seen, 60.0)  # would block a minute had the signal been missed
+    db.wait_changed(settled_seen, 60.0, settled=True)
+
+
 # -- outcomes ----------------------------------------------------------------------------
 
 

@@ -1,0 +1,116 @@
+"""The outbox's SQL: every statement :mod:`chatsdk._outbox` runs, and row positions.
+
+Statements are built from the constants here only; values always go in as parameters.
+"""
+
+from __future__ import annotations
+
+from chatsdk._outbox_models import COLUMNS
+
+__all__ = [
+    "ACK",
+    "ATTEMPTS",
+    "BY_ID",
+    "BY_KEY",
+    "CHANNEL_HEAD",
+    "CLAIM",
+    "COUNT_PENDING",
+    "CREATED",
+    "EXPEDITE",
+    "EXPIRE",
+    "FINISH",
+    "HAS_PENDING",
+    "HEADS",
+    "INSERT",
+    "LEASE_EXPIRES",
+    "NEXT_AT",
+    "OLDEST_PENDING",
+    "OWNER",
+    "PENDING",
+    "PRUNE_SENT",
+    "RELEASE",
+    "REQUEUE",
+    "RESCHEDULE",
+    "SELECT",
+    "STATUS",
+]
+
+PENDING = "status IN ('queued', 'sending')"  # the partial index's condition, verbatim
+
+# Positions in a row of COLUMNS, for the claim's hot loop.
+STATUS, ATTEMPTS, CREATED, NEXT_AT, OWNER, LEASE_EXPIRES = 5, 6, 7, 8, 9, 10
+assert [c.strip() for c in COLUMNS.split(",")][5:11] == [
+    "status",
+    "attempts",
+    "created_at",
+    "next_attempt_at",
+    "lease_owner",
+    "lease_expires_at",
+]
+
+INSERT = (
+    "INSERT INTO entries (kind, channel, idempotency_key, body, created_at, next_attempt_at)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
+)
+SELECT = f"SELECT {COLUMNS} FROM entries"  # noqa: S608
+BY_ID = f"{SELECT} WHERE id = ?"
+BY_KEY = f"{SELECT} WHERE idempotency_key = ?"
+COUNT_PENDING = f"SELECT count(*) FROM entries WHERE {PENDING}"  # noqa: S608
+HAS_PENDING = f"SELECT EXISTS (SELECT 1 FROM entries WHERE {PENDING})"  # noqa: S608
+OLDEST_PENDING = f"SELECT min(created_at) FROM entries WHERE {PENDING}"  # noqa: S608
+# Each channel's head (its oldest pending entry): a recursive walk over the distinct
+# channels of the partial index, so a claim costs O(channels * log n), not O(pending).
+HEADS = f"""
+WITH RECURSIVE chans(c) AS (
+    SELECT (SELECT min(channel) FROM entries WHERE {PENDING})
+    UNION ALL
+    SELECT (SELECT min(channel) FROM entries WHERE {PENDING} AND channel > chans.c)
+    FROM chans WHERE chans.c IS NOT NULL
+)
+SELECT {", ".join("e." + c.strip() for c in COLUMNS.split(","))}
+FROM chans JOIN entries e ON e.id = (
+    SELECT id FROM entries WHERE {PENDING} AND channel = chans.c ORDER BY id LIMIT 1)
+ORDER BY e.next_attempt_at, e.id
+"""  # noqa: S608
+# One channel's head: what a worker that just finished the previous head claims next.
+CHANNEL_HEAD = f"{SELECT} WHERE {PENDING} AND channel = ? ORDER BY id LIMIT 1"
+CLAIM = (
+    "UPDATE entries SET status = 'sending', attempts = attempts + 1, lease_owner = ?,"
+    " lease_expires_at = ? WHERE id = ?"
+)
+ACK = (
+    "UPDATE entries SET status = 'sent', finished_at = ?, response = ?, lease_owner = NULL,"
+    " lease_expires_at = NULL WHERE id = ? AND status != 'sent'"
+)
+# Outcomes apply only while the claim is still ours (the WHERE of the next three: a
+# takeover bumps attempts); see _fence() in chatsdk._outbox.
+RESCHEDULE = (
+    "UPDATE entries SET status = 'queued', next_attempt_at = ?, lease_owner = NULL,"
+    " lease_expires_at = NULL, last_error = ?, error = ?"
+    " WHERE id = ? AND status = 'sending' AND lease_owner = ? AND attempts = ?"
+)
+FINISH = (
+    "UPDATE entries SET status = ?, finished_at = ?, lease_owner = NULL,"
+    " lease_expires_at = NULL, last_error = ?, error = ?, possibly_delivered = ?"
+    " WHERE id = ? AND status = 'sending' AND lease_owner = ? AND attempts = ?"
+)
+RELEASE = (
+    "UPDATE entries SET status = 'queued', attempts = attempts - 1, lease_owner = NULL,"
+    " lease_expires_at = NULL"
+    " WHERE id = ? AND status = 'sending' AND lease_owner = ? AND attempts = ?"
+)
+REQUEUE = (
+    "UPDATE entries SET status = 'queued', idempotency_key = ?, attempts = 0, created_at = ?,"
+    " next_attempt_at = ?, lease_owner = NULL, lease_expires_at = NULL, finished_at = NULL,"
+    " last_error = NULL, error = NULL, possibly_delivered = 0 WHERE id = ?"
+)
+EXPEDITE = f"""
+UPDATE entries SET next_attempt_at = ? WHERE {PENDING} AND status = 'queued'
+AND next_attempt_at > ? AND json_extract(error, '$.retry_after') IS NULL
+"""  # noqa: S608
+EXPIRE = f"""
+UPDATE entries SET status = 'expired', finished_at = ?, lease_owner = NULL,
+    lease_expires_at = NULL, possibly_delivered = (attempts > 0), last_error = ?, error = ?
+WHERE {PENDING} AND created_at <= ? AND NOT (status = 'sending' AND lease_expires_at > ?)
+"""  # noqa: S608
+PRUNE_SENT = "DELETE FROM entries WHERE status = 'sent' AND finished_at <= ?"
