@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import platform
+import time
 import weakref
 from collections.abc import Callable
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import requests
+from requests.sessions import merge_setting
+from requests.utils import get_environ_proxies
 
 from chatsdk._adapter import ResilientAdapter
 from chatsdk._breaker import BreakerSnapshot, CircuitBreaker, CircuitState
@@ -24,6 +27,11 @@ __all__ = ["DEFAULT_TIMEOUT", "ChatSession"]
 DEFAULT_TIMEOUT: tuple[float, float] = (3.05, 30.0)
 
 API_KEY_HEADER = "X-API-Key"
+
+#: Seconds environment settings (proxies, CA bundle) are reused for one host before being
+#: read again: requests reads them on every call, which costs more than the SDK itself.
+ENVIRONMENT_TTL = 1.0
+_ENVIRONMENT_HOSTS = 256
 
 USER_AGENT = (
     f"chatsdk/{__version__} python-requests/{requests.__version__} "
@@ -42,6 +50,10 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):  # POSIX
     os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _merge(request_setting: Any, session_setting: Any) -> Any:
+    return merge_setting(request_setting, session_setting)  # type: ignore[no-untyped-call]
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:
@@ -103,6 +115,9 @@ class ChatSession(requests.Session):
         if api_key is not None and (not isinstance(api_key, str) or not api_key):
             raise ConfigurationError("api_key must be a non-empty string")
         self._api_key = api_key
+        self._environment: dict[tuple[str, str | None], tuple[float, dict[str, str], str | None]]
+        self._environment = {}
+        self._clock = clock or time.monotonic
         self.timeout = DEFAULT_TIMEOUT if timeout is None else timeout
         self.headers["User-Agent"] = USER_AGENT
         options: dict[str, Any] = {}
@@ -168,6 +183,51 @@ class ChatSession(requests.Session):
         if isinstance(headers, dict):
             error.idempotency_key = headers.get("Idempotency-Key")
         raise error
+
+    def merge_environment_settings(  # type: ignore[override]
+        self,
+        url: Any,
+        proxies: Any,
+        stream: Any,
+        verify: Any,
+        cert: Any,
+    ) -> dict[str, Any]:
+        """As requests does, but reading the environment at most once a second per host.
+
+        Proxy variables (``HTTP(S)_PROXY``, ``NO_PROXY``) and ``REQUESTS_CA_BUNDLE`` /
+        ``CURL_CA_BUNDLE`` apply exactly as in requests; a change to them is seen within
+        :data:`ENVIRONMENT_TTL` seconds.
+        """
+        if self.trust_env:
+            no_proxy = proxies.get("no_proxy") if proxies is not None else None
+            env_proxies, env_verify = self._read_environment(str(url), no_proxy)
+            if proxies is not None:
+                for name, value in env_proxies.items():
+                    proxies.setdefault(name, value)
+            if verify is True or verify is None:
+                verify = env_verify or verify
+        return {
+            "proxies": _merge(proxies, self.proxies),
+            "stream": _merge(stream, self.stream),
+            "verify": _merge(verify, self.verify),
+            "cert": _merge(cert, self.cert),
+        }
+
+    def _read_environment(
+        self, url: str, no_proxy: str | None
+    ) -> tuple[dict[str, str], str | None]:
+        # Proxy selection depends only on the scheme, host and port (and no_proxy).
+        key = (self._base_host if url.startswith(self._origin_prefix) else host_of(url), no_proxy)
+        now = self._clock()
+        cached = self._environment.get(key)
+        if cached is not None and now - cached[0] < ENVIRONMENT_TTL:
+            return cached[1], cached[2]
+        env_proxies = get_environ_proxies(url, no_proxy=no_proxy)
+        env_verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+        if len(self._environment) >= _ENVIRONMENT_HOSTS:
+            self._environment.clear()
+        self._environment[key] = (now, env_proxies, env_verify)
+        return env_proxies, env_verify
 
     def prepare_request(self, request: requests.Request) -> requests.PreparedRequest:
         """Prepare as requests does, adding the API key only for the base URL's origin."""

@@ -114,3 +114,47 @@ def test_hooks_verify_and_proxies_behave_as_in_requests() -> None:
     assert seen == [200, -1]  # as requests: a per-request hook replaces the session's
     first = responses.calls[0].request.req_kwargs
     assert first["verify"] is False
+
+
+@responses.activate
+def test_environment_proxies_apply_as_in_requests_and_are_reread_after_the_ttl(
+    monkeypatch: pytest.MonkeyPatch, clock
+) -> None:
+    responses.add(responses.GET, "http://chat.test/api/health", json={"status": "ok"})
+    responses.add(responses.GET, "http://other.test/x", body="ok")
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.test:3128")
+    monkeypatch.setenv("NO_PROXY", "other.test")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/bundle.pem")
+    with ChatSession("http://chat.test", KEY, clock=clock) as session:
+        session.get("/api/health")
+        session.get("http://other.test/x")
+        monkeypatch.setenv("HTTP_PROXY", "http://proxy2.test:3128")
+        session.get("/api/health")  # within the TTL: the settings read a moment ago
+        clock.advance(1.0)
+        session.get("/api/health")
+        session.get("/api/health", proxies={"http": "http://explicit.test:1"})
+    kwargs = [c.request.req_kwargs for c in responses.calls]
+    assert kwargs[0]["proxies"]["http"] == "http://proxy.test:3128"
+    assert "http" not in kwargs[1]["proxies"]  # NO_PROXY
+    assert kwargs[2]["proxies"]["http"] == "http://proxy.test:3128"
+    assert kwargs[3]["proxies"]["http"] == "http://proxy2.test:3128"
+    assert kwargs[4]["proxies"]["http"] == "http://explicit.test:1"
+    assert kwargs[0]["verify"] == "/etc/ssl/bundle.pem"
+
+
+@responses.activate
+def test_trust_env_false_ignores_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    responses.add(responses.GET, "http://chat.test/api/health", json={"status": "ok"})
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.test:3128")
+    with ChatSession("http://chat.test", KEY) as session:
+        session.trust_env = False
+        session.get("/api/health", verify=False)
+    assert responses.calls[0].request.req_kwargs["proxies"] == {}
+    assert responses.calls[0].request.req_kwargs["verify"] is False
+
+
+def test_the_environment_cache_is_bounded() -> None:
+    with ChatSession("http://chat.test", KEY) as session:
+        for i in range(600):
+            session._read_environment(f"http://host{i}.test/x", None)
+        assert 0 < len(session._environment) <= 256
