@@ -4,20 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from tests.helpers import FakeClock
+
+__all__ = ["FakeClock", "FakeSleep"]
+
 pytest_plugins = ("chatsdk.testing.pytest_plugin",)
-
-
-class FakeClock:
-    """A monotonic clock that only moves when told to (or when FakeSleep sleeps)."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class FakeSleep:

@@ -15,16 +15,12 @@ from chatsdk import ChatClient
 from chatsdk._connection import CODE_NO_PING
 from chatsdk._events import MessageEvent, ReactionEvent
 from chatsdk._realtime import RealtimeClient, RealtimeState
-from chatsdk._subscription import Publication
 from chatsdk.testing import ReferenceServer
+from tests.helpers import Collector, realtime_clients, realtime_threads, wait_until
 
 WAIT = 10.0
 FAST = {"min_reconnect_delay": 0.01, "max_reconnect_delay": 0.1, "restart_spread": 0.05,
         "timeout": 3.0}
-
-
-def realtime_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("chatsdk-realtime")]
 
 
 def token_getter(server: ReferenceServer) -> Callable[[], str]:
@@ -40,57 +36,19 @@ def token_getter(server: ReferenceServer) -> Callable[[], str]:
 
 @pytest.fixture
 def make_client() -> Iterator[Callable[..., RealtimeClient]]:
-    clients: list[RealtimeClient] = []
+    with realtime_clients(FAST) as make:
 
-    def make(server: ReferenceServer, **options: Any) -> RealtimeClient:
-        for key, value in FAST.items():
-            options.setdefault(key, value)
-        client = RealtimeClient(server.ws_url, get_token=token_getter(server), **options)
-        clients.append(client)
-        return client
+        def make_for(server: ReferenceServer, **options: Any) -> RealtimeClient:
+            return make(server.ws_url, get_token=token_getter(server), **options)
 
-    yield make
-    for client in clients:
-        client.close()
-    assert realtime_threads() == []
-
-
-class Stream:
-    """Collects publications; waits for a count."""
-
-    def __init__(self) -> None:
-        self.pubs: list[Publication] = []
-        self.cond = threading.Condition()
-
-    def __call__(self, pub: Publication) -> None:
-        with self.cond:
-            self.pubs.append(pub)
-            self.cond.notify_all()
-
-    def wait_count(self, n: int, timeout: float = WAIT) -> bool:
-        with self.cond:
-            return self.cond.wait_for(lambda: len(self.pubs) >= n, timeout)
-
-    @property
-    def seqs(self) -> list[int]:
-        return [p.data["seq"] for p in self.pubs]
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = WAIT) -> bool:
-    tick = threading.Event()
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        tick.wait(0.01)
-    return True
+        yield make_for
 
 
 def test_exactly_once_in_order_across_20_disconnects_and_a_restart(
         chatsdk_server_factory: Callable[..., ReferenceServer],
         make_client: Callable[..., RealtimeClient]) -> None:
     server = chatsdk_server_factory()
-    stream = Stream()
+    stream = Collector(timeout=WAIT)
     client = make_client(server)
     client.connect()
     sub = client.subscribe("chat:42", stream)
@@ -118,7 +76,7 @@ def test_exactly_once_in_order_across_20_disconnects_and_a_restart(
     assert stream.wait_count(seq)
     assert not stream.wait_count(seq + 1, 0.2)
     assert stream.seqs == list(range(seq))
-    offsets = [p.offset for p in stream.pubs]
+    offsets = [p.offset for p in stream.items]
     assert offsets == list(range(offsets[0], offsets[0] + seq))
     stats = client.stats()
     assert stats.connects == 22 and stats.recoveries == 21
@@ -130,7 +88,7 @@ def test_restart_without_state_reports_recovery_failed_and_continues(
         chatsdk_server_factory: Callable[..., ReferenceServer],
         make_client: Callable[..., RealtimeClient]) -> None:
     server = chatsdk_server_factory()
-    stream = Stream()
+    stream = Collector(timeout=WAIT)
     failed = threading.Event()
     client = make_client(server)
     client.connect()
@@ -139,7 +97,7 @@ def test_restart_without_state_reports_recovery_failed_and_continues(
     for seq in range(3):
         server.publish("chat:7", {"seq": seq})
     assert stream.wait_count(3)
-    old_epoch = stream.pubs[-1].epoch
+    old_epoch = stream.items[-1].epoch
     server.stop()
     server.start()  # new epochs: the history is gone
     assert failed.wait(WAIT)
@@ -147,8 +105,8 @@ def test_restart_without_state_reports_recovery_failed_and_continues(
         server.publish("chat:7", {"seq": seq})
     assert stream.wait_count(6)
     assert stream.seqs == list(range(6))
-    assert stream.pubs[-1].epoch != old_epoch
-    assert [p.offset for p in stream.pubs[3:]] == [1, 2, 3]
+    assert stream.items[-1].epoch != old_epoch
+    assert [p.offset for p in stream.items[3:]] == [1, 2, 3]
     assert client.stats().recovery_failures == 1
 
 
@@ -161,7 +119,7 @@ def test_final_codes_stop_reconnecting(chatsdk_server_factory: Callable[..., Ref
     client.connect()
     assert client.wait_connected(WAIT)
     server.disconnect_websockets(code, "stop it")
-    assert wait_until(lambda: client.state is RealtimeState.DISCONNECTED)
+    assert wait_until(lambda: client.state is RealtimeState.DISCONNECTED, WAIT)
     assert client.last_close_code == code and client.last_close_reason == "stop it"
     assert client.error is not None and client.error.code == code
     assert not wait_until(lambda: server.ws_stats()["opens_total"] > 1, 0.3)
@@ -174,12 +132,12 @@ def test_3012_and_1006_reconnect(chatsdk_server_factory: Callable[..., Reference
     client.connect()
     assert client.wait_connected(WAIT)
     server.disconnect_websockets(3012, "no pong")
-    assert wait_until(lambda: server.ws_stats()["connects_total"] == 2)
+    assert wait_until(lambda: server.ws_stats()["connects_total"] == 2, WAIT)
     assert client.wait_connected(WAIT)
     assert client.last_close_code == 3012
     server.stop()  # resets every connection: 1006 on the client
     server.start()
-    assert wait_until(lambda: server.ws_stats()["connects_total"] == 3)
+    assert wait_until(lambda: server.ws_stats()["connects_total"] == 3, WAIT)
     assert client.wait_connected(WAIT)
     assert client.last_close_code == 1006
 
@@ -194,7 +152,7 @@ def test_silent_server_detected_within_ping_plus_grace(
                              left.set() if old is RealtimeState.CONNECTED else None))
     client.connect()
     assert client.wait_connected(WAIT)
-    assert wait_until(lambda: server.ws_stats()["pongs_received"] >= 1)
+    assert wait_until(lambda: server.ws_stats()["pongs_received"] >= 1, WAIT)
     server.set_realtime_faults(silent=True)
     started = time.monotonic()
     assert left.wait(WAIT)
@@ -208,7 +166,7 @@ def test_silent_server_detected_within_ping_plus_grace(
 def test_duplicated_and_skipped_pushes(chatsdk_server_factory: Callable[..., ReferenceServer],
                                        make_client: Callable[..., RealtimeClient]) -> None:
     server = chatsdk_server_factory()
-    stream = Stream()
+    stream = Collector(timeout=WAIT)
     client = make_client(server)
     client.connect()
     sub = client.subscribe("chat:9", stream)
@@ -244,7 +202,7 @@ def test_irregular_pings_one_pong_each(chatsdk_server_factory: Callable[..., Ref
             server.send_ping()
         gap.wait(rng.uniform(0, 0.04))
     assert wait_until(lambda: server.ws_stats()["pongs_received"]
-                      == server.ws_stats()["pings_sent"])
+                      == server.ws_stats()["pings_sent"], WAIT)
     stats = server.ws_stats()
     assert stats["pings_sent"] >= 25
     assert stats["unexpected_pongs"] == 0

@@ -5,31 +5,16 @@ from __future__ import annotations
 import email.utils
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import requests
 
 from chatsdk.testing import MAX_BODY_BYTES, FaultPlan, ReferenceServer
+from tests.helpers import FakeClock, wait_until
 
 KEY = {"X-API-Key": "test-key"}
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        threading.Event().wait(0.005)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -263,7 +248,7 @@ def test_same_key_while_first_runs_is_409(http: requests.Session) -> None:
             target=lambda: results.append(post_message(requests, srv, GOOD, key="slow"))  # type: ignore[arg-type]
         )
         first.start()
-        wait_until(lambda: srv.counters().get("idempotency_reserved", 0) == 1)
+        assert wait_until(lambda: srv.counters().get("idempotency_reserved", 0) == 1)
         conflict = post_message(http, srv, GOOD, key="slow")
         assert_error(conflict, 409, "idempotency_key_in_use")
         first.join(timeout=5)
@@ -284,7 +269,7 @@ def test_create_without_key_is_not_deduplicated(
 
 
 def test_idempotency_records_are_kept_24_hours() -> None:
-    clock = FakeClock()
+    clock = FakeClock(start=time.time())
     with ReferenceServer(clock=clock) as srv, requests.Session() as http:
         first = post_message(http, srv, GOOD, key="day")
         clock.now += 24 * 3600 - 1

@@ -18,6 +18,7 @@ import requests
 
 from chatsdk.testing import PROFILES, ChaosProxy, FaultPlan, ReferenceServer, run_forever
 from chatsdk.testing._faults import FaultInjector
+from tests.helpers import wait_until
 
 KEY = {"X-API-Key": "test-key"}
 BODY = {"channelId": "faults", "text": "hello"}
@@ -229,10 +230,7 @@ def test_stop_cuts_a_request_in_progress_and_frees_its_key() -> None:
 
         thread = threading.Thread(target=send)
         thread.start()
-        deadline = time.monotonic() + 5
-        while srv.counters().get("idempotency_reserved", 0) < 1:
-            assert time.monotonic() < deadline
-            threading.Event().wait(0.005)
+        assert wait_until(lambda: srv.counters().get("idempotency_reserved", 0) >= 1, 5)
         srv.stop()
         thread.join(timeout=5)
         assert errors
@@ -254,10 +252,7 @@ def test_stop_cancels_a_stalled_request_at_once_and_leaves_no_task() -> None:
 
     thread = threading.Thread(target=send)
     thread.start()
-    deadline = time.monotonic() + 5
-    while srv.counters()["fault.stall"] < 1:
-        assert time.monotonic() < deadline
-        threading.Event().wait(0.005)
+    assert wait_until(lambda: srv.counters()["fault.stall"] >= 1, 5)
     loop = srv._loop
     assert loop is not None
     started = time.monotonic()
@@ -310,10 +305,7 @@ def test_run_forever_stops_the_server_when_asked() -> None:
     stop = threading.Event()
     thread = threading.Thread(target=run_forever, args=(srv,), kwargs={"stop": stop})
     thread.start()
-    deadline = time.monotonic() + 5
-    while not srv.running:
-        assert time.monotonic() < deadline
-        threading.Event().wait(0.005)
+    assert wait_until(lambda: srv.running, 5)
     assert requests.get(f"{srv.url}/api/health", timeout=5).status_code == 200
     stop.set()
     thread.join(timeout=5)

@@ -15,25 +15,10 @@ import requests
 import websocket
 
 from chatsdk.testing import ReferenceServer
+from tests.helpers import FakeClock, wait_until
 
 KEY = {"X-API-Key": "test-key"}
 CLOSE = websocket.ABNF.OPCODE_CLOSE
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        threading.Event().wait(0.005)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
 
 
 _OPEN: list[Ws] = []
@@ -362,10 +347,10 @@ def test_publish_racing_restarts_is_never_lost_nor_doubled() -> None:
         thread.start()
         try:
             for _ in range(5):
-                wait_until(lambda: len(offsets) >= 3)
+                assert wait_until(lambda: len(offsets) >= 3)
                 srv.stop()
                 srv.start(keep_state=True)
-                wait_until(more_than(len(offsets)))
+                assert wait_until(more_than(len(offsets)))
         finally:
             done.set()
             thread.join(5)
@@ -394,7 +379,7 @@ def test_history_size_bounds_recovery() -> None:
 
 
 def test_history_ttl_bounds_recovery() -> None:
-    clock = FakeClock()
+    clock = FakeClock(start=time.time())
     with ReferenceServer(history_ttl=300, clock=clock) as srv:
         client = connect(srv)
         epoch, offset = subscribe_and_read_one(srv, client, "t")
@@ -455,7 +440,7 @@ def test_send_ping_and_runtime_ping_interval(srv: ReferenceServer, ws: Ws) -> No
     assert ws.recv(timeout=2) == {}
     assert time.monotonic() - started < 1.5
     ws.send({})
-    wait_until(lambda: srv.ws_stats()["pongs_received"] == 2)
+    assert wait_until(lambda: srv.ws_stats()["pongs_received"] == 2)
     assert srv.ws_stats()["unexpected_pongs"] == 0
 
 
@@ -471,7 +456,7 @@ def test_invalid_token_closes_3500(srv: ReferenceServer, params: dict[str, Any])
 
 
 def test_expired_token_is_error_109_then_refresh_and_expiry() -> None:
-    clock = FakeClock()
+    clock = FakeClock(start=time.time())
     with ReferenceServer(token_ttl=60, clock=clock) as srv:
         stale = token(srv)
         clock.now += 61

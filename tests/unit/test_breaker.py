@@ -24,21 +24,9 @@ from chatsdk._breaker import (
 )
 from chatsdk._config import BreakerPolicy
 from chatsdk._exceptions import CircuitBreakerOpenError
+from tests.helpers import FakeClock
 
 WAIT = 10.0  # seconds a test waits on an event before declaring a hang
-
-
-class FakeClock:
-    """A monotonic clock that moves only when told to."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class Boom(Exception):
@@ -55,11 +43,6 @@ def fail() -> None:
 
 def ok() -> str:
     return "ok"
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
 
 
 @pytest.fixture

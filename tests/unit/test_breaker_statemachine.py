@@ -21,16 +21,9 @@ from hypothesis.stateful import (
 
 from chatsdk._breaker import CircuitBreaker, CircuitState, Permit
 from chatsdk._exceptions import CircuitBreakerOpenError
+from tests.helpers import FakeClock
 
 CLOSED, OPEN, HALF_OPEN = CircuitState.CLOSED, CircuitState.OPEN, CircuitState.HALF_OPEN
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass
@@ -131,7 +124,7 @@ class Held:
 class BreakerMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.clock = FakeClock()
+        self.clock = FakeClock(100.0)
         self.held: list[Held] = []
         self.settled: list[Held] = []
         self.seen: list[tuple[CircuitState, CircuitState]] = []

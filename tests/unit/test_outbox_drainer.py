@@ -31,17 +31,10 @@ from chatsdk._exceptions import (
 )
 from chatsdk._outbox import Outbox
 from chatsdk._outbox_models import Operation, OutboxEntry
+from tests.helpers import FakeClock
 
 T0 = 1_700_000_000.0
 NO_JITTER = RetryPolicy(base_delay=1.0, max_delay=8.0, jitter="none")
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def body(channel: str, text: str = "hi") -> dict[str, Any]:
@@ -80,7 +73,7 @@ class FakeDeliver:
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(T0)
 
 
 @pytest.fixture

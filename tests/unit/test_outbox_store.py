@@ -32,19 +32,9 @@ from chatsdk._outbox_models import (
     describe_error,
     error_record,
 )
+from tests.helpers import FakeClock
 
 T0 = 1_700_000_000.0
-
-
-class FakeClock:
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def body(channel: str = "c1", text: str = "hi") -> dict[str, Any]:
@@ -66,7 +56,7 @@ def message_json(mid: str = "m1", channel: str = "c1") -> dict[str, Any]:
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(T0)
 
 
 @pytest.fixture

@@ -18,18 +18,17 @@ from chatsdk._connection import CODE_NO_PING, CODE_REPLY_TIMEOUT, CODE_TOKEN_ERR
 from chatsdk._protocol import MAX_FRAME_BYTES
 from chatsdk._realtime import RealtimeClient, RealtimeState
 from chatsdk._subscription import Publication, StreamPosition, SubscriptionState
+from tests.helpers import Collector, realtime_clients, realtime_threads, wait_until
 from tests.unit.realtime_fake import FakeConn, FakeServer
 
 WAIT = 5.0
+CLIENT_DEFAULTS = {"token": "t0", "min_reconnect_delay": 0.01, "max_reconnect_delay": 0.05,
+                   "restart_spread": 0.02, "timeout": 2.0}
 
 
 class MaxRandom(random.Random):
     def uniform(self, a: float, b: float) -> float:
         return b
-
-
-def realtime_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("chatsdk-realtime")]
 
 
 @pytest.fixture
@@ -40,57 +39,13 @@ def fake() -> Iterator[FakeServer]:
 
 @pytest.fixture
 def make_client() -> Iterator[Callable[..., RealtimeClient]]:
-    clients: list[RealtimeClient] = []
-
-    def make(url: str, **options: Any) -> RealtimeClient:
-        options.setdefault("token", "t0")
-        options.setdefault("min_reconnect_delay", 0.01)
-        options.setdefault("max_reconnect_delay", 0.05)
-        options.setdefault("restart_spread", 0.02)
-        options.setdefault("timeout", 2.0)
-        client = RealtimeClient(url, **options)
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        client.close()
-    assert realtime_threads() == []
-
-
-class Collector:
-    def __init__(self) -> None:
-        self.items: list[Publication] = []
-        self.cond = threading.Condition()
-
-    def __call__(self, pub: Publication) -> None:
-        with self.cond:
-            self.items.append(pub)
-            self.cond.notify_all()
-
-    def wait_count(self, n: int, timeout: float = WAIT) -> bool:
-        with self.cond:
-            return self.cond.wait_for(lambda: len(self.items) >= n, timeout)
-
-    @property
-    def offsets(self) -> list[int]:
-        return [p.offset for p in self.items]
+    with realtime_clients(CLIENT_DEFAULTS) as make:
+        yield make
 
 
 def push(channel: str, offset: int, data: Any = None) -> str:
     return json.dumps({"push": {"channel": channel, "pub": {"data": data or {"n": offset},
                                                             "offset": offset}}})
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = WAIT) -> bool:
-    """Poll a condition of the client with a short event wait (for states without events)."""
-    done = threading.Event()
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        done.wait(0.01)
-    return True
 
 
 # -- connecting -----------------------------------------------------------------------------
