@@ -17,6 +17,7 @@ import requests
 from chatsdk._commands import serve
 from chatsdk._drill import GRADES
 from chatsdk.cli import build_parser, main
+from tests.helpers import wait_until
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
@@ -71,11 +72,14 @@ def test_serve_prints_urls_and_key_and_stops_on_hook(capsys: pytest.CaptureFixtu
     thread = threading.Thread(target=lambda: status.append(serve.run(args, stop=stop)))
     thread.start()
     try:
-        deadline = time.monotonic() + 10
-        out = ""
-        while "Press Ctrl-C" not in out and time.monotonic() < deadline:
-            out += capsys.readouterr().out
-            time.sleep(0.02)  # polling captured output: there is no event to wait on
+        captured: list[str] = []
+
+        def ready() -> bool:
+            captured.append(capsys.readouterr().out)
+            return "Press Ctrl-C" in "".join(captured)
+
+        assert wait_until(ready, 10)
+        out = "".join(captured)
         assert "API key:   test-key" in out and "faults: flaky" in out
         url = next(line.split()[-1] for line in out.splitlines() if "REST:" in line)
         ws = next(line.split()[-1] for line in out.splitlines() if "WebSocket:" in line)
