@@ -216,18 +216,7 @@ class CircuitBreaker:
         is_failure: Callable[[BaseException], bool] | None = None,
     ) -> CircuitBreaker:
         """Build a breaker from a :class:`chatsdk.BreakerPolicy`."""
-        return cls(
-            name,
-            failure_threshold=policy.failure_threshold,
-            failure_rate=policy.failure_rate,
-            window=policy.window,
-            window_size=policy.window_size,
-            recovery_timeout=policy.recovery_timeout,
-            success_threshold=policy.success_threshold,
-            half_open_max_calls=policy.half_open_max_calls,
-            is_failure=is_failure,
-            clock=clock,
-        )
+        return cls(name, **attrs.asdict(policy), is_failure=is_failure, clock=clock)
 
     @property
     def policy(self) -> BreakerPolicy:
