@@ -56,13 +56,6 @@ def _merge(request_setting: Any, session_setting: Any) -> Any:
     return merge_setting(request_setting, session_setting)  # type: ignore[no-untyped-call]
 
 
-def _origin(url: str) -> tuple[str, str, int | None]:
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    port = parts.port or {"http": 80, "https": 443}.get(scheme)
-    return scheme, (parts.hostname or "").lower(), port
-
-
 def normalize_base_url(base_url: object) -> str:
     """Check a base URL (``http(s)://host[:port][/prefix]``) and end it with ``/``."""
     if not isinstance(base_url, str) or not base_url.strip():
@@ -108,7 +101,6 @@ class ChatSession(requests.Session):
     ) -> None:
         super().__init__()
         self.base_url = normalize_base_url(base_url)
-        self._origin = _origin(self.base_url)
         parts = urlsplit(self.base_url)
         # URLs under this prefix are on the base origin without parsing them again.
         self._origin_prefix = f"{parts.scheme}://{parts.netloc}/"
@@ -151,9 +143,13 @@ class ChatSession(requests.Session):
         """Call ``callback(breaker, old_state, new_state)`` whenever any host's circuit changes."""
         self.adapter.hosts.add_listener(callback)
 
+    def _host(self, url: str) -> str:
+        """``scheme://host:port`` of ``url``, without parsing the common case again."""
+        return self._base_host if url.startswith(self._origin_prefix) else host_of(url)
+
     def same_origin(self, url: str) -> bool:
         """True when ``url`` is on the base URL's scheme, host and port."""
-        return url.startswith(self._origin_prefix) or _origin(url) == self._origin
+        return self._host(url) == self._base_host
 
     def request(
         self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any
@@ -174,7 +170,7 @@ class ChatSession(requests.Session):
         Merging environment settings (proxies, netrc) alone costs most of a millisecond, so
         the check comes first; the adapter checks again for every attempt.
         """
-        host = self._base_host if url.startswith(self._origin_prefix) else host_of(url)
+        host = self._host(url)
         breaker = self.adapter.hosts.breaker(f"rest:{host}")
         if breaker is None or breaker.state is not CircuitState.OPEN:
             return
@@ -217,7 +213,7 @@ class ChatSession(requests.Session):
         self, url: str, no_proxy: str | None
     ) -> tuple[dict[str, str], str | None]:
         # Proxy selection depends only on the scheme, host and port (and no_proxy).
-        key = (self._base_host if url.startswith(self._origin_prefix) else host_of(url), no_proxy)
+        key = (self._host(url), no_proxy)
         now = self._clock()
         cached = self._environment.get(key)
         if cached is not None and now - cached[0] < ENVIRONMENT_TTL:
