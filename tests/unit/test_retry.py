@@ -16,7 +16,6 @@ from chatsdk import (
     DEFAULT_RETRY_POLICY,
     APIError,
     BadRequestError,
-    ChatSDKError,
     ConnectError,
     IdempotencyKeyInUseError,
     RateLimitedError,
@@ -269,6 +268,3 @@ def _limited(seconds: float) -> RateLimitedError:
 def _no_sleep(_seconds: float) -> None:
     pass
 
-
-def test_error_root() -> None:
-    assert issubclass(ServerError, ChatSDKError)

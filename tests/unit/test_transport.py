@@ -6,7 +6,6 @@ import json
 import logging
 from typing import Any
 
-import attrs
 import pytest
 import requests
 import responses
@@ -325,7 +324,3 @@ def test_streaming_responses_are_retried_on_status(sleep, clock) -> None:
         assert json.loads(response.content) == {"status": "ok"}
     assert len(responses.calls) == 2
 
-
-def test_retry_policy_variants_are_evolved() -> None:
-    policy = attrs.evolve(RetryPolicy(), max_attempts=2)
-    assert policy.max_attempts == 2
