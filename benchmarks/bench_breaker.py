@@ -38,11 +38,10 @@ from urllib3.connection import HTTPConnection
 from urllib3.exceptions import MaxRetryError, NewConnectionError
 from urllib3.util import Retry
 
-from chatsdk._breaker import CircuitBreaker, CircuitState
-from chatsdk._budget import RetryBudget
-from chatsdk._config import BreakerPolicy, RetryPolicy
-from chatsdk._exceptions import CircuitBreakerOpenError
-from chatsdk._retry import calculate_backoff
+from chatsdk._errors import CircuitBreakerOpenError
+from chatsdk._http.retry import RetryPolicy, calculate_backoff
+from chatsdk._resilience.breaker import BreakerPolicy, CircuitBreaker, CircuitState
+from chatsdk._resilience.budget import RetryBudget
 
 RATE = 20.0  # operations per second
 WARMUP = 10.0  # healthy seconds before the outage

@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from chatsdk._client import ChatClient
-from chatsdk._outbox import Outbox
-from chatsdk._outbox_db import _MIGRATIONS, APPLICATION_ID, SCHEMA_VERSION
+from chatsdk._outbox.outbox import Outbox
+from chatsdk._outbox.sqlite import _MIGRATIONS, APPLICATION_ID, SCHEMA_VERSION
 
 KEY = "test-key"
 BODY: dict[str, Any] = {

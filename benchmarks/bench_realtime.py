@@ -43,8 +43,8 @@ from typing import Any
 
 import requests
 
-from chatsdk._realtime import RealtimeClient, RealtimeState
-from chatsdk._subscription import Publication
+from chatsdk._realtime.client import RealtimeClient, RealtimeState
+from chatsdk._realtime.subscription import Publication
 from chatsdk.testing import ReferenceServer
 
 CHANNEL = "chat:bench"
@@ -83,8 +83,9 @@ class Result:
 
 
 def fetch_token(server: ReferenceServer) -> str:
-    response = requests.post(f"{server.url}/api/realtime/token", headers={"X-API-Key": KEY},
-                             timeout=5)
+    response = requests.post(
+        f"{server.url}/api/realtime/token", headers={"X-API-Key": KEY}, timeout=5
+    )
     response.raise_for_status()
     token: str = response.json()["token"]
     return token
@@ -161,8 +162,9 @@ class Storm:
         self.server.stop()
 
 
-def summarize(name: str, storm: Storm, recorders: list[Recorder], *,
-              attempts: bool, notes: str = "") -> Result:
+def summarize(
+    name: str, storm: Storm, recorders: list[Recorder], *, attempts: bool, notes: str = ""
+) -> Result:
     expected = set(storm.published)
     missed = duplicated = 0
     times: list[float] = []
@@ -177,14 +179,22 @@ def summarize(name: str, storm: Storm, recorders: list[Recorder], *,
         connects.extend(rec.connects[1:])  # the first connect is no reconnect
         attempt_times.extend(rec.attempts[1:])
     return Result(
-        name=name, reconnect_times=times, missed=missed, duplicated=duplicated,
+        name=name,
+        reconnect_times=times,
+        missed=missed,
+        duplicated=duplicated,
         max_connects_100ms=max_in_window(connects),
         max_attempts_100ms=max_in_window(attempt_times) if attempts else None,
-        back_to_connected=[t - storm.back_at[i - 1] for t in connects
-                           if (i := bisect.bisect_right(storm.back_at, t)) > 0],
+        back_to_connected=[
+            t - storm.back_at[i - 1]
+            for t in connects
+            if (i := bisect.bisect_right(storm.back_at, t)) > 0
+        ],
         downtime=statistics.fmean(storm.downtimes) if storm.downtimes else 0.0,
         max_downtime=max(storm.downtimes, default=0.0),
-        restarts=storm.args.restarts, published=len(expected), notes=notes,
+        restarts=storm.args.restarts,
+        published=len(expected),
+        notes=notes,
     )
 
 
@@ -198,6 +208,7 @@ def run_chatsdk(args: argparse.Namespace) -> Result:
     clients: list[RealtimeClient] = []
     rng = random.Random(args.seed)
     for rec in recorders:
+
         def get_token(rec: Recorder = rec) -> str:
             rec.attempts.append(time.monotonic())
             return fetch_token(storm.server)
@@ -206,9 +217,13 @@ def run_chatsdk(args: argparse.Namespace) -> Result:
             if new is RealtimeState.CONNECTED:
                 rec.connects.append(time.monotonic())
 
-        client = RealtimeClient(storm.server.ws_url, get_token=get_token,
-                                on_state_change=on_state,
-                                random=random.Random(rng.getrandbits(64)))
+        client = RealtimeClient(
+            storm.server.ws_url,
+            get_token=get_token,
+            on_state_change=on_state,
+            random=random.Random(rng.getrandbits(64)),
+        )
+
         def on_publication(pub: Publication, rec: Recorder = rec) -> None:
             rec.got(pub.offset)
 
@@ -281,8 +296,7 @@ def run_centrifuge(args: argparse.Namespace) -> Result:
             self.rec.got(ctx.pub.offset)
 
     async def get_token() -> str:
-        return await asyncio.get_running_loop().run_in_executor(
-            None, fetch_token, storm.server)
+        return await asyncio.get_running_loop().run_in_executor(None, fetch_token, storm.server)
 
     clients: list[Any] = []
 
@@ -290,8 +304,7 @@ def run_centrifuge(args: argparse.Namespace) -> Result:
         token = fetch_token(storm.server)
         for rec in recorders:
             events = Events(rec)
-            client = Client(storm.server.ws_url, events=events, token=token,
-                            get_token=get_token)
+            client = Client(storm.server.ws_url, events=events, token=token, get_token=get_token)
             sub = client.new_subscription(CHANNEL, events=SubEvents(rec, events))
             await client.connect()
             await sub.subscribe()
@@ -320,8 +333,13 @@ def run_centrifuge(args: argparse.Namespace) -> Result:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
         storm.close()
-    return summarize("centrifuge-python Client", storm, recorders, attempts=False,
-                     notes="attempts not observable")
+    return summarize(
+        "centrifuge-python Client",
+        storm,
+        recorders,
+        attempts=False,
+        notes="attempts not observable",
+    )
 
 
 # -- report -------------------------------------------------------------------------------
@@ -329,32 +347,42 @@ def run_centrifuge(args: argparse.Namespace) -> Result:
 
 def report(results: list[Result], clients: int) -> None:
     limit = clients * 0.25
-    print(f"\n{clients} clients, {results[0].restarts} restarts (keep_state=True); "
-          f"targets: p50 <= 0.5 s, p99 <= 2 s, 0 missed, 0 duplicated, "
-          f"<= {limit:g} reconnects per 100 ms\n")
-    header = (f"{'client':28} {'reconn':>6} {'p50 s':>7} {'p99 s':>7} {'max s':>7} "
-              f"{'down s':>7} {'missed':>7} {'dup':>6} {'conn/100ms':>10} {'att/100ms':>9} "
-              f"{'published':>9}")
+    print(
+        f"\n{clients} clients, {results[0].restarts} restarts (keep_state=True); "
+        f"targets: p50 <= 0.5 s, p99 <= 2 s, 0 missed, 0 duplicated, "
+        f"<= {limit:g} reconnects per 100 ms\n"
+    )
+    header = (
+        f"{'client':28} {'reconn':>6} {'p50 s':>7} {'p99 s':>7} {'max s':>7} "
+        f"{'down s':>7} {'missed':>7} {'dup':>6} {'conn/100ms':>10} {'att/100ms':>9} "
+        f"{'published':>9}"
+    )
     print(header)
     print("-" * len(header))
     rows = []
     for r in results:
         times = r.reconnect_times
         attempts = "-" if r.max_attempts_100ms is None else str(r.max_attempts_100ms)
-        print(f"{r.name:28} {len(times):>6} {percentile(times, 50):>7.3f} "
-              f"{percentile(times, 99):>7.3f} {max(times, default=float('nan')):>7.3f} "
-              f"{r.downtime:>7.3f} {r.missed:>7} {r.duplicated:>6} {r.max_connects_100ms:>10} "
-              f"{attempts:>9} "
-              f"{r.published:>9}")
+        print(
+            f"{r.name:28} {len(times):>6} {percentile(times, 50):>7.3f} "
+            f"{percentile(times, 99):>7.3f} {max(times, default=float('nan')):>7.3f} "
+            f"{r.downtime:>7.3f} {r.missed:>7} {r.duplicated:>6} {r.max_connects_100ms:>10} "
+            f"{attempts:>9} "
+            f"{r.published:>9}"
+        )
         rows.append(r)
     print("\nserver back (start() returned) to client connected again:")
     for r in rows:
         back = r.back_to_connected
-        print(f"  {r.name:28} p50 {percentile(back, 50):.3f} s  p99 {percentile(back, 99):.3f} s"
-              f"  (server down {r.downtime:.3f} s per restart on average, "
-              f"{r.max_downtime:.3f} s at most)")
-    print("\n(down s: the server's own downtime per restart, stop() called to start() returned;"
-          "\n reconnect time = down s + the client's backoff and reconnect work)")
+        print(
+            f"  {r.name:28} p50 {percentile(back, 50):.3f} s  p99 {percentile(back, 99):.3f} s"
+            f"  (server down {r.downtime:.3f} s per restart on average, "
+            f"{r.max_downtime:.3f} s at most)"
+        )
+    print(
+        "\n(down s: the server's own downtime per restart, stop() called to start() returned;"
+        "\n reconnect time = down s + the client's backoff and reconnect work)"
+    )
     ours = results[0]
     print()
     checks = [
@@ -376,8 +404,12 @@ def main() -> None:
     parser.add_argument("--restarts", type=int, default=10)
     parser.add_argument("--interval", type=float, default=6.5)
     parser.add_argument("--rate", type=float, default=20.0)
-    parser.add_argument("--downtime", type=float, default=0.0,
-                        help="extra seconds the server stays down at each restart")
+    parser.add_argument(
+        "--downtime",
+        type=float,
+        default=0.0,
+        help="extra seconds the server stays down at each restart",
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--skip-centrifuge", action="store_true")
     args = parser.parse_args()

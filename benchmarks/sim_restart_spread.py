@@ -36,13 +36,17 @@ def main() -> None:
     for spread in (0.8, 1.0, 1.2, 1.4):
         worst_per_run = []
         for _ in range(args.runs):
-            worst_per_run.append(max(
-                worst_window([rng.uniform(0, spread) for _ in range(args.clients)])
-                for _ in range(args.restarts)
-            ))
+            worst_per_run.append(
+                max(
+                    worst_window([rng.uniform(0, spread) for _ in range(args.clients)])
+                    for _ in range(args.restarts)
+                )
+            )
         within = sum(w <= limit for w in worst_per_run) / args.runs
-        print(f"{spread:>9.1f} {spread / 2:>14.2f} {statistics.median(worst_per_run):>14.0f} "
-              f"{within:>17.0%}")
+        print(
+            f"{spread:>9.1f} {spread / 2:>14.2f} {statistics.median(worst_per_run):>14.0f} "
+            f"{within:>17.0%}"
+        )
 
 
 if __name__ == "__main__":

@@ -8,13 +8,8 @@ from __future__ import annotations
 
 import logging
 
-from chatsdk._adapter import ResilientAdapter
-from chatsdk._breaker import BreakerSnapshot, CircuitBreaker, CircuitState, Permit
-from chatsdk._budget import RetryBudget
 from chatsdk._client import ChatClient
-from chatsdk._config import DEFAULT_RETRY_POLICY, BreakerPolicy, RetryPolicy
-from chatsdk._events import ChatEvent, MessageEvent, ReactionEvent
-from chatsdk._exceptions import (
+from chatsdk._errors import (
     APIError,
     BadRequestError,
     ChatSDKError,
@@ -43,13 +38,35 @@ from chatsdk._exceptions import (
     ValidationError,
     WaitTimeoutError,
 )
-from chatsdk._idempotency import idempotency_key_for
+from chatsdk._http.adapter import ResilientAdapter
+from chatsdk._http.idempotency import idempotency_key_for
+from chatsdk._http.retry import (
+    DEFAULT_RETRY_POLICY,
+    RetryPolicy,
+    calculate_backoff,
+    parse_retry_after,
+    retry_call,
+    should_retry,
+)
+from chatsdk._http.session import ChatSession
 from chatsdk._models import Attachment, Message, Reaction
-from chatsdk._outbox import Outbox, OutboxEntry, OutboxStats
-from chatsdk._realtime import RealtimeClient, RealtimeState, RealtimeStats
-from chatsdk._retry import calculate_backoff, parse_retry_after, retry_call, should_retry
-from chatsdk._session import ChatSession
-from chatsdk._subscription import Publication, StreamPosition, Subscription, SubscriptionState
+from chatsdk._outbox.outbox import Outbox, OutboxEntry, OutboxStats
+from chatsdk._realtime.client import RealtimeClient, RealtimeState, RealtimeStats
+from chatsdk._realtime.events import ChatEvent, MessageEvent, ReactionEvent
+from chatsdk._realtime.subscription import (
+    Publication,
+    StreamPosition,
+    Subscription,
+    SubscriptionState,
+)
+from chatsdk._resilience.breaker import (
+    BreakerPolicy,
+    BreakerSnapshot,
+    CircuitBreaker,
+    CircuitState,
+    Permit,
+)
+from chatsdk._resilience.budget import RetryBudget
 from chatsdk._version import __version__
 
 __all__ = [

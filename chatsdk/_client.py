@@ -12,22 +12,23 @@ from urllib.parse import quote
 
 import requests
 
-from chatsdk._adapter import attempts_of
-from chatsdk._config import BreakerPolicy, RetryPolicy
-from chatsdk._drainer import Drainer
-from chatsdk._exceptions import (
+from chatsdk._errors import (
     ChatSDKError,
     ConfigurationError,
     InvalidResponseError,
     error_for_response,
     excerpt,
 )
-from chatsdk._idempotency import Deduplicator, new_idempotency_key
+from chatsdk._http.adapter import attempts_of
+from chatsdk._http.idempotency import Deduplicator, new_idempotency_key
+from chatsdk._http.retry import RetryPolicy
+from chatsdk._http.session import ChatSession
 from chatsdk._models import Attachment, Message, Reaction
-from chatsdk._outbox import Outbox
-from chatsdk._outbox_models import Operation, OutboxEntry
-from chatsdk._realtime import RealtimeClient
-from chatsdk._session import ChatSession
+from chatsdk._outbox.drainer import Drainer
+from chatsdk._outbox.models import Operation, OutboxEntry
+from chatsdk._outbox.outbox import Outbox
+from chatsdk._realtime.client import RealtimeClient
+from chatsdk._resilience.breaker import BreakerPolicy
 from chatsdk._validation import (
     check_channel,
     check_id,

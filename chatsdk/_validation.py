@@ -10,7 +10,9 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from chatsdk._exceptions import ValidationError
+import attrs
+
+from chatsdk._errors import ValidationError
 from chatsdk._models import Attachment
 
 __all__ = [
@@ -122,3 +124,28 @@ def reaction_body(message_id: object, reaction: object) -> dict[str, Any]:
 def text_body(text: object) -> dict[str, Any]:
     """The wire body of ``PATCH /api/messages/{id}``, validated."""
     return {"text": check_text(text)}
+
+
+# Attribute validators of the frozen policy objects (attrs ``validator=``).
+
+
+def positive(_inst: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"{attribute.name} must be > 0, got {value!r}")
+
+
+def non_negative(_inst: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not value >= 0:
+        raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")
+
+
+def optional_positive(_inst: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
+    if value is not None and not value > 0:
+        raise ValueError(f"{attribute.name} must be > 0 or None, got {value!r}")
+
+
+def statuses(_inst: object, attribute: attrs.Attribute[frozenset[int]], value: object) -> None:
+    if not isinstance(value, frozenset) or not all(
+        isinstance(s, int) and 100 <= s <= 599 for s in value
+    ):
+        raise ValueError(f"{attribute.name} must be a frozenset of HTTP status codes")

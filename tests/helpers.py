@@ -8,8 +8,8 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from chatsdk._realtime import RealtimeClient
-from chatsdk._subscription import Publication
+from chatsdk._realtime.client import RealtimeClient
+from chatsdk._realtime.subscription import Publication
 
 WAIT = 5.0  # seconds a helper waits by default before declaring a hang
 TICK = 0.005  # seconds between two looks at a condition that has no event of its own
@@ -63,8 +63,9 @@ class Collector:
     def wait_count(self, n: int, timeout: float | None = None) -> bool:
         """Wait until at least ``n`` publications have arrived (default: the collector's timeout)."""
         with self.cond:
-            return self.cond.wait_for(lambda: len(self.items) >= n,
-                                      self.timeout if timeout is None else timeout)
+            return self.cond.wait_for(
+                lambda: len(self.items) >= n, self.timeout if timeout is None else timeout
+            )
 
     @property
     def offsets(self) -> list[int]:

@@ -16,8 +16,11 @@ def test_all_names_exist() -> None:
 
 def test_every_public_name_is_exported() -> None:
     public = {
-        name for name, value in vars(chatsdk).items()
-        if not name.startswith("_") and not isinstance(value, type(chatsdk)) and name != "annotations"
+        name
+        for name, value in vars(chatsdk).items()
+        if not name.startswith("_")
+        and not isinstance(value, type(chatsdk))
+        and name != "annotations"
     }
     assert public <= set(chatsdk.__all__)
 

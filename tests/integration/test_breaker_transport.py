@@ -8,7 +8,7 @@ import time
 import pytest
 
 from chatsdk import ChatClient, ChatSession, CircuitBreakerOpenError, ConnectError
-from chatsdk._breaker import CircuitState
+from chatsdk._resilience.breaker import CircuitState
 from chatsdk.testing import ReferenceServer
 
 

@@ -14,9 +14,8 @@ import time
 import pytest
 import requests
 
-from chatsdk._commands import serve
-from chatsdk._drill import GRADES
-from chatsdk.cli import build_parser, main
+from chatsdk.cli import build_parser, main, serve
+from chatsdk.cli._drill import GRADES
 from tests.helpers import wait_until
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -237,8 +236,8 @@ def test_drill_multi_tap_counts_duplicates_per_arm() -> None:
 
 
 def test_drill_outage_figures(monkeypatch: pytest.MonkeyPatch) -> None:
-    from chatsdk._drill import DrillConfig, _runner, run_drill
-    from chatsdk._drill._arms import ChatsdkNoBreakerArm, RequestsArm
+    from chatsdk.cli._drill import DrillConfig, _runner, run_drill
+    from chatsdk.cli._drill._arms import ChatsdkNoBreakerArm, RequestsArm
 
     monkeypatch.setattr(
         _runner,

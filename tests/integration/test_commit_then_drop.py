@@ -52,9 +52,14 @@ class _Handler(BaseHTTPRequestHandler):
             replayed = key is not None and key in self.server.messages
             if not replayed:
                 message = {
-                    "id": str(uuid.uuid4()), "channelId": body["channelId"], "text": body["text"],
-                    "attachments": [], "parentId": None, "userId": "u1",
-                    "createdAt": "2026-11-28T12:00:00Z", "updatedAt": None,
+                    "id": str(uuid.uuid4()),
+                    "channelId": body["channelId"],
+                    "text": body["text"],
+                    "attachments": [],
+                    "parentId": None,
+                    "userId": "u1",
+                    "createdAt": "2026-11-28T12:00:00Z",
+                    "updatedAt": None,
                 }
                 if key is None:
                     self.server.unkeyed.append(message)
@@ -108,10 +113,12 @@ def test_client_retries_with_the_same_key_and_the_server_holds_one(drop_server) 
 def test_naive_requests_loses_the_response_and_a_manual_retry_duplicates(drop_server) -> None:
     drop_server.drops_left = 1
     with pytest.raises(requests.ConnectionError):
-        requests.post(f"{drop_server.url}/api/messages", json={"channelId": "c", "text": "t"},
-                      timeout=5)
-    requests.post(f"{drop_server.url}/api/messages", json={"channelId": "c", "text": "t"},
-                  timeout=5)
+        requests.post(
+            f"{drop_server.url}/api/messages", json={"channelId": "c", "text": "t"}, timeout=5
+        )
+    requests.post(
+        f"{drop_server.url}/api/messages", json={"channelId": "c", "text": "t"}, timeout=5
+    )
     assert len(drop_server.unkeyed) == 2  # what chatsdk exists to prevent
 
 
@@ -129,8 +136,9 @@ def test_refused_connections_are_retried_then_reported(sleep, clock) -> None:
     listener.bind(("127.0.0.1", 0))
     port = listener.getsockname()[1]
     listener.close()  # nothing listens there now: connections are refused
-    session = ChatSession(f"http://127.0.0.1:{port}", "k", sleep=sleep, clock=clock,
-                          retry=RetryPolicy(max_attempts=3))
+    session = ChatSession(
+        f"http://127.0.0.1:{port}", "k", sleep=sleep, clock=clock, retry=RetryPolicy(max_attempts=3)
+    )
     with ChatClient(session=session) as client, pytest.raises(ConnectError) as info:
         client.send_message("c", "t")
     assert info.value.attempts == 3

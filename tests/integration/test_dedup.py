@@ -74,8 +74,9 @@ def test_two_processes_with_one_explicit_key_post_once() -> None:
     )
     with ReferenceServer(faults=FaultPlan(delay=1.0, delay_range=(0.2, 0.2))) as srv:
         procs = [
-            subprocess.Popen([sys.executable, "-c", script, srv.url], stdout=subprocess.PIPE,
-                             text=True)
+            subprocess.Popen(
+                [sys.executable, "-c", script, srv.url], stdout=subprocess.PIPE, text=True
+            )
             for _ in range(2)
         ]
         outputs = [p.communicate(timeout=60)[0].split() for p in procs]
@@ -90,10 +91,13 @@ def test_a_concurrent_second_client_waits_out_409_then_gets_the_replay() -> None
         key = idempotency_key_for("conflict", 1)
         with ThreadPoolExecutor(2) as pool:
             # Real backoff: the second client must outwait the first request's 0.3 s.
-            chats = [client(srv, retry=RetryPolicy(jitter="none"), sleep=time.sleep)
-                     for _ in range(2)]
-            futures = [pool.submit(chats[i].send_message,
-                                   "general", "x", idempotency_key=key) for i in range(2)]
+            chats = [
+                client(srv, retry=RetryPolicy(jitter="none"), sleep=time.sleep) for _ in range(2)
+            ]
+            futures = [
+                pool.submit(chats[i].send_message, "general", "x", idempotency_key=key)
+                for i in range(2)
+            ]
             results = [f.result(timeout=30) for f in futures]
         assert results[0].id == results[1].id
         assert len(srv.messages("general")) == 1
@@ -119,8 +123,9 @@ def test_drop_after_faults_500_sends_from_8_threads_hold_exactly_500() -> None:
             try:
                 return chat.send_message("general", f"message {i}")
             except ChatSDKError as exc:  # 0.3**5 of sends: an outer retry, same key
-                return chat.send_message("general", f"message {i}",
-                                         idempotency_key=exc.idempotency_key)
+                return chat.send_message(
+                    "general", f"message {i}", idempotency_key=exc.idempotency_key
+                )
 
         with ThreadPoolExecutor(8) as pool:
             results = list(pool.map(send, range(500)))
@@ -133,14 +138,19 @@ def test_drop_after_faults_500_sends_from_8_threads_hold_exactly_500() -> None:
 
 
 ACTIONS = st.lists(
-    st.tuples(st.integers(0, 5), st.sampled_from(["send", "double_tap", "outer_retry",
-                                                   "new_process"])),
-    min_size=1, max_size=25,
+    st.tuples(
+        st.integers(0, 5), st.sampled_from(["send", "double_tap", "outer_retry", "new_process"])
+    ),
+    min_size=1,
+    max_size=25,
 )
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                  HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(actions=ACTIONS, seed=st.integers(0, 2**16))
 def test_any_interleaving_of_n_intents_leaves_n_messages(shared_server, actions, seed) -> None:
     shared_server.faults = FaultPlan(drop_after=0.25, drop_before=0.1, server_error=0.1, seed=seed)
@@ -167,8 +177,9 @@ def test_any_interleaving_of_n_intents_leaves_n_messages(shared_server, actions,
             pass  # the network won this round; the intent is completed below
     shared_server.faults = "none"
     for intent in intents:  # every intent eventually delivered, under its own key
-        client(shared_server).send_message(channel, f"intent {intent}",
-                                           idempotency_key=keys[intent])
+        client(shared_server).send_message(
+            channel, f"intent {intent}", idempotency_key=keys[intent]
+        )
     texts = sorted(m["text"] for m in shared_server.messages(channel))
     assert texts == sorted(f"intent {i}" for i in intents)
 

@@ -1,4 +1,4 @@
-"""``chatsdk outbox`` (chatsdk._commands.outbox) against real files and the reference server."""
+"""``chatsdk outbox`` (chatsdk.cli.outbox) against real files and the reference server."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from chatsdk._commands import outbox as command
-from chatsdk._exceptions import BadRequestError
-from chatsdk._outbox import Outbox
+from chatsdk._errors import BadRequestError
+from chatsdk._outbox.outbox import Outbox
+from chatsdk.cli import outbox as command
 from chatsdk.testing import ReferenceServer
 
 KEY = "test-key"

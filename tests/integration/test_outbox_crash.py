@@ -23,7 +23,7 @@ from typing import IO
 
 import pytest
 
-from chatsdk._outbox import Outbox
+from chatsdk._outbox.outbox import Outbox
 from chatsdk.testing import ReferenceServer
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
@@ -76,8 +76,8 @@ DRAINER = textwrap.dedent(
     """
     import sys
     from chatsdk._client import ChatClient
-    from chatsdk._drainer import Drainer
-    from chatsdk._outbox import Outbox
+    from chatsdk._outbox.drainer import Drainer
+    from chatsdk._outbox.outbox import Outbox
 
     url, path = sys.argv[1], sys.argv[2]
     client = ChatClient(url, "test-key")

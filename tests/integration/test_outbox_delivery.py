@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 
-from chatsdk._breaker import CircuitState
 from chatsdk._client import ChatClient
-from chatsdk._config import BreakerPolicy, RetryPolicy
-from chatsdk._exceptions import BadRequestError, ConfigurationError, ValidationError
+from chatsdk._errors import BadRequestError, ConfigurationError, ValidationError
+from chatsdk._http.retry import RetryPolicy
 from chatsdk._models import Message
-from chatsdk._outbox import Outbox
-from chatsdk._outbox_models import Operation
+from chatsdk._outbox.models import Operation
+from chatsdk._outbox.outbox import Outbox
+from chatsdk._resilience.breaker import BreakerPolicy, CircuitState
 from chatsdk.testing import ReferenceServer
 
 KEY = "test-key"

@@ -12,21 +12,26 @@ import pytest
 import requests
 
 from chatsdk import ChatClient
-from chatsdk._connection import CODE_NO_PING
-from chatsdk._events import MessageEvent, ReactionEvent
-from chatsdk._realtime import RealtimeClient, RealtimeState
+from chatsdk._realtime.client import RealtimeClient, RealtimeState
+from chatsdk._realtime.connection import CODE_NO_PING
+from chatsdk._realtime.events import MessageEvent, ReactionEvent
 from chatsdk.testing import ReferenceServer
 from tests.helpers import Collector, realtime_clients, realtime_threads, wait_until
 
 WAIT = 10.0
-FAST = {"min_reconnect_delay": 0.01, "max_reconnect_delay": 0.1, "restart_spread": 0.05,
-        "timeout": 3.0}
+FAST = {
+    "min_reconnect_delay": 0.01,
+    "max_reconnect_delay": 0.1,
+    "restart_spread": 0.05,
+    "timeout": 3.0,
+}
 
 
 def token_getter(server: ReferenceServer) -> Callable[[], str]:
     def get_token() -> str:
-        response = requests.post(f"{server.url}/api/realtime/token",
-                                 headers={"X-API-Key": "test-key"}, timeout=5)
+        response = requests.post(
+            f"{server.url}/api/realtime/token", headers={"X-API-Key": "test-key"}, timeout=5
+        )
         response.raise_for_status()
         token: str = response.json()["token"]
         return token
@@ -45,8 +50,9 @@ def make_client() -> Iterator[Callable[..., RealtimeClient]]:
 
 
 def test_exactly_once_in_order_across_20_disconnects_and_a_restart(
-        chatsdk_server_factory: Callable[..., ReferenceServer],
-        make_client: Callable[..., RealtimeClient]) -> None:
+    chatsdk_server_factory: Callable[..., ReferenceServer],
+    make_client: Callable[..., RealtimeClient],
+) -> None:
     server = chatsdk_server_factory()
     stream = Collector(timeout=WAIT)
     client = make_client(server)
@@ -85,8 +91,9 @@ def test_exactly_once_in_order_across_20_disconnects_and_a_restart(
 
 
 def test_restart_without_state_reports_recovery_failed_and_continues(
-        chatsdk_server_factory: Callable[..., ReferenceServer],
-        make_client: Callable[..., RealtimeClient]) -> None:
+    chatsdk_server_factory: Callable[..., ReferenceServer],
+    make_client: Callable[..., RealtimeClient],
+) -> None:
     server = chatsdk_server_factory()
     stream = Collector(timeout=WAIT)
     failed = threading.Event()
@@ -111,9 +118,11 @@ def test_restart_without_state_reports_recovery_failed_and_continues(
 
 
 @pytest.mark.parametrize("code", [3500, 3503, 3504, 4500])
-def test_final_codes_stop_reconnecting(chatsdk_server_factory: Callable[..., ReferenceServer],
-                                       make_client: Callable[..., RealtimeClient],
-                                       code: int) -> None:
+def test_final_codes_stop_reconnecting(
+    chatsdk_server_factory: Callable[..., ReferenceServer],
+    make_client: Callable[..., RealtimeClient],
+    code: int,
+) -> None:
     server = chatsdk_server_factory()
     client = make_client(server)
     client.connect()
@@ -125,8 +134,10 @@ def test_final_codes_stop_reconnecting(chatsdk_server_factory: Callable[..., Ref
     assert not wait_until(lambda: server.ws_stats()["opens_total"] > 1, 0.3)
 
 
-def test_3012_and_1006_reconnect(chatsdk_server_factory: Callable[..., ReferenceServer],
-                                 make_client: Callable[..., RealtimeClient]) -> None:
+def test_3012_and_1006_reconnect(
+    chatsdk_server_factory: Callable[..., ReferenceServer],
+    make_client: Callable[..., RealtimeClient],
+) -> None:
     server = chatsdk_server_factory()
     client = make_client(server)
     client.connect()
@@ -143,13 +154,16 @@ def test_3012_and_1006_reconnect(chatsdk_server_factory: Callable[..., Reference
 
 
 def test_silent_server_detected_within_ping_plus_grace(
-        chatsdk_server_factory: Callable[..., ReferenceServer],
-        make_client: Callable[..., RealtimeClient]) -> None:
+    chatsdk_server_factory: Callable[..., ReferenceServer],
+    make_client: Callable[..., RealtimeClient],
+) -> None:
     server = chatsdk_server_factory(ping_interval=0.5)
     left = threading.Event()
-    client = make_client(server, ping_grace=0.5,
-                         on_state_change=lambda old, new: (
-                             left.set() if old is RealtimeState.CONNECTED else None))
+    client = make_client(
+        server,
+        ping_grace=0.5,
+        on_state_change=lambda old, new: left.set() if old is RealtimeState.CONNECTED else None,
+    )
     client.connect()
     assert client.wait_connected(WAIT)
     assert wait_until(lambda: server.ws_stats()["pongs_received"] >= 1, WAIT)
@@ -163,8 +177,10 @@ def test_silent_server_detected_within_ping_plus_grace(
     assert client.wait_connected(WAIT)
 
 
-def test_duplicated_and_skipped_pushes(chatsdk_server_factory: Callable[..., ReferenceServer],
-                                       make_client: Callable[..., RealtimeClient]) -> None:
+def test_duplicated_and_skipped_pushes(
+    chatsdk_server_factory: Callable[..., ReferenceServer],
+    make_client: Callable[..., RealtimeClient],
+) -> None:
     server = chatsdk_server_factory()
     stream = Collector(timeout=WAIT)
     client = make_client(server)
@@ -189,8 +205,10 @@ def test_duplicated_and_skipped_pushes(chatsdk_server_factory: Callable[..., Ref
     assert ws["connects_total"] == 1
 
 
-def test_irregular_pings_one_pong_each(chatsdk_server_factory: Callable[..., ReferenceServer],
-                                       make_client: Callable[..., RealtimeClient]) -> None:
+def test_irregular_pings_one_pong_each(
+    chatsdk_server_factory: Callable[..., ReferenceServer],
+    make_client: Callable[..., RealtimeClient],
+) -> None:
     server = chatsdk_server_factory(ping_interval=0.3)
     client = make_client(server, ping_grace=1.0)
     client.connect()
@@ -201,8 +219,9 @@ def test_irregular_pings_one_pong_each(chatsdk_server_factory: Callable[..., Ref
         for _ in range(rng.choice([1, 1, 2, 3])):
             server.send_ping()
         gap.wait(rng.uniform(0, 0.04))
-    assert wait_until(lambda: server.ws_stats()["pongs_received"]
-                      == server.ws_stats()["pings_sent"], WAIT)
+    assert wait_until(
+        lambda: server.ws_stats()["pongs_received"] == server.ws_stats()["pings_sent"], WAIT
+    )
     stats = server.ws_stats()
     assert stats["pings_sent"] >= 25
     assert stats["unexpected_pongs"] == 0
@@ -210,8 +229,10 @@ def test_irregular_pings_one_pong_each(chatsdk_server_factory: Callable[..., Ref
     assert client.stats().pongs == client.stats().pings == stats["pings_sent"]
 
 
-def test_token_refresh_keeps_connection(chatsdk_server_factory: Callable[..., ReferenceServer],
-                                        make_client: Callable[..., RealtimeClient]) -> None:
+def test_token_refresh_keeps_connection(
+    chatsdk_server_factory: Callable[..., ReferenceServer],
+    make_client: Callable[..., RealtimeClient],
+) -> None:
     server = chatsdk_server_factory(token_ttl=1.0)
     client = make_client(server)
     client.connect()

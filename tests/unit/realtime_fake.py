@@ -34,8 +34,12 @@ class FakeServer:
     """
 
     def __init__(self) -> None:
-        self.connect_result: dict[str, Any] = {"client": "c1", "version": "fake", "ping": 0,
-                                               "pong": True}
+        self.connect_result: dict[str, Any] = {
+            "client": "c1",
+            "version": "fake",
+            "ping": 0,
+            "pong": True,
+        }
         self.connect_error: dict[str, Any] | None = None
         self.connect_handler: Callable[[FakeConn, dict[str, Any]], Any] | None = None
         self.subscribe_handler: Callable[[FakeConn, dict[str, Any]], Any] | None = None
@@ -121,8 +125,7 @@ class FakeServer:
 
     def commands(self, kind: str, conn: FakeConn | None = None) -> list[dict[str, Any]]:
         conns = [conn] if conn is not None else self.conns
-        return [line for c in conns for line in c.lines
-                if isinstance(line, dict) and kind in line]
+        return [line for c in conns for line in c.lines if isinstance(line, dict) and kind in line]
 
     # -- protocol ------------------------------------------------------------------------
 

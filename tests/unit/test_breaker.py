@@ -15,15 +15,15 @@ from typing import Any
 import attrs
 import pytest
 
-from chatsdk._breaker import (
+from chatsdk._errors import CircuitBreakerOpenError
+from chatsdk._resilience.breaker import (
     BoundedRegistry,
+    BreakerPolicy,
     BreakerSnapshot,
     CircuitBreaker,
     CircuitState,
     Permit,
 )
-from chatsdk._config import BreakerPolicy
-from chatsdk._exceptions import CircuitBreakerOpenError
 from tests.helpers import FakeClock
 
 WAIT = 10.0  # seconds a test waits on an event before declaring a hang

@@ -19,8 +19,8 @@ from hypothesis.stateful import (
     rule,
 )
 
-from chatsdk._breaker import CircuitBreaker, CircuitState, Permit
-from chatsdk._exceptions import CircuitBreakerOpenError
+from chatsdk._errors import CircuitBreakerOpenError
+from chatsdk._resilience.breaker import CircuitBreaker, CircuitState, Permit
 from tests.helpers import FakeClock
 
 CLOSED, OPEN, HALF_OPEN = CircuitState.CLOSED, CircuitState.OPEN, CircuitState.HALF_OPEN

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from chatsdk._budget import RetryBudget
-from chatsdk._config import RetryPolicy
+from chatsdk._http.retry import RetryPolicy
+from chatsdk._resilience.budget import RetryBudget
 
 WAIT = 10.0
 

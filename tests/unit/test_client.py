@@ -20,7 +20,12 @@ from chatsdk import (
 )
 from tests.unit.test_transport import BASE, KEY, message_json
 
-REACTION = {"messageId": "m1", "reaction": "+1", "userId": "u1", "createdAt": "2026-11-28T12:00:00Z"}
+REACTION = {
+    "messageId": "m1",
+    "reaction": "+1",
+    "userId": "u1",
+    "createdAt": "2026-11-28T12:00:00Z",
+}
 
 
 @pytest.fixture
@@ -35,8 +40,9 @@ def test_env_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
         assert client.session.base_url == "http://env.test/"
 
 
-@pytest.mark.parametrize(("url", "key", "missing"), [(None, KEY, "CHATSDK_URL"),
-                                                     (BASE, None, "CHATSDK_API_KEY")])
+@pytest.mark.parametrize(
+    ("url", "key", "missing"), [(None, KEY, "CHATSDK_URL"), (BASE, None, "CHATSDK_API_KEY")]
+)
 def test_missing_configuration_names_what(monkeypatch, url, key, missing) -> None:
     monkeypatch.delenv("CHATSDK_URL", raising=False)
     monkeypatch.delenv("CHATSDK_API_KEY", raising=False)
@@ -66,12 +72,20 @@ def test_key_not_in_repr() -> None:
         ({"channel_id": "c", "text": "a\x00b"}, "text"),
         ({"channel_id": "c", "text": b"hi"}, "text"),
         ({"channel_id": "c", "text": "hi", "attachments": [{}] * 11}, "attachments[0].type"),
-        ({"channel_id": "c", "text": "hi", "attachments": [{"type": "f", "url": "u"}] * 11},
-         "attachments"),
+        (
+            {"channel_id": "c", "text": "hi", "attachments": [{"type": "f", "url": "u"}] * 11},
+            "attachments",
+        ),
         ({"channel_id": "c", "text": "hi", "attachments": "file"}, "attachments"),
         ({"channel_id": "c", "text": "hi", "attachments": [3]}, "attachments[0]"),
-        ({"channel_id": "c", "text": "hi", "attachments": [{"type": "f", "url": "u", "name": 1}]},
-         "attachments[0].name"),
+        (
+            {
+                "channel_id": "c",
+                "text": "hi",
+                "attachments": [{"type": "f", "url": "u", "name": 1}],
+            },
+            "attachments[0].name",
+        ),
         ({"channel_id": "c", "text": "hi", "parent_id": ""}, "parentId"),
         ({"channel_id": "c", "text": "hi", "idempotency_key": "has space"}, "idempotencyKey"),
         ({"channel_id": "c", "text": "hi", "idempotency_key": "k" * 256}, "idempotencyKey"),
@@ -107,12 +121,18 @@ def test_other_validation(client) -> None:
 
 @responses.activate
 def test_send_message_wire_body_and_model(client) -> None:
-    reply = message_json(attachments=[{"type": "image", "url": "http://x/y.png", "name": None}],
-                         parentId="m0", updatedAt="2026-11-28T12:01:00+00:00")
+    reply = message_json(
+        attachments=[{"type": "image", "url": "http://x/y.png", "name": None}],
+        parentId="m0",
+        updatedAt="2026-11-28T12:01:00+00:00",
+    )
     responses.add(responses.POST, f"{BASE}/api/messages", json=reply, status=201)
     message = client.send_message(
-        "general", "hello", attachments=[Attachment(type="image", url="http://x/y.png")],
-        parent_id="m0", idempotency_key="k-1",
+        "general",
+        "hello",
+        attachments=[Attachment(type="image", url="http://x/y.png")],
+        parent_id="m0",
+        idempotency_key="k-1",
     )
     request = responses.calls[0].request
     assert request.headers["Idempotency-Key"] == "k-1"
@@ -121,7 +141,8 @@ def test_send_message_wire_body_and_model(client) -> None:
     import json
 
     assert json.loads(request.body) == {
-        "channelId": "general", "text": "hello",
+        "channelId": "general",
+        "text": "hello",
         "attachments": [{"type": "image", "url": "http://x/y.png", "name": None}],
         "parentId": "m0",
     }
@@ -144,8 +165,11 @@ def test_each_create_gets_a_fresh_uuid4_key(client) -> None:
 def test_endpoints(client) -> None:
     responses.add(responses.PATCH, f"{BASE}/api/messages/m%201", json=message_json(text="new"))
     responses.add(responses.DELETE, f"{BASE}/api/messages/m%201", status=204)
-    responses.add(responses.GET, f"{BASE}/api/channels/general/messages",
-                  json={"messages": [message_json(id="m2"), message_json()], "hasMore": False})
+    responses.add(
+        responses.GET,
+        f"{BASE}/api/channels/general/messages",
+        json={"messages": [message_json(id="m2"), message_json()], "hasMore": False},
+    )
     responses.add(responses.POST, f"{BASE}/api/reactions", json=REACTION, status=201)
     responses.add(responses.DELETE, f"{BASE}/api/messages/m1/reactions/%2B1", status=204)
     responses.add(responses.GET, f"{BASE}/api/health", json={"status": "ok"})
@@ -153,9 +177,15 @@ def test_endpoints(client) -> None:
     assert client.delete_message("m 1") is None
     listed = client.list_messages("general", limit=2, before="m9")
     assert [m.id for m in listed] == ["m2", "m1"]
-    assert "limit=2" in responses.calls[2].request.url and "before=m9" in responses.calls[2].request.url
+    assert (
+        "limit=2" in responses.calls[2].request.url
+        and "before=m9" in responses.calls[2].request.url
+    )
     reaction = client.add_reaction("m1", "+1")
-    assert reaction == Reaction.from_json(REACTION) and Reaction.from_json(reaction.to_json()) == reaction
+    assert (
+        reaction == Reaction.from_json(REACTION)
+        and Reaction.from_json(reaction.to_json()) == reaction
+    )
     assert responses.calls[3].request.headers["Idempotency-Key"]
     client.remove_reaction("m1", "+1")
     assert client.health() is True
@@ -204,9 +234,13 @@ def test_models_reject_bad_fields() -> None:
 def test_the_realtime_token_fetch_is_retried_under_one_key(client) -> None:
     responses.add(responses.POST, f"{BASE}/api/realtime/token", status=503)
     responses.add(
-        responses.POST, f"{BASE}/api/realtime/token",
-        json={"token": "t", "url": "ws://chat.test/connection/websocket",
-              "expiresAt": "2026-11-28T13:00:00Z"},
+        responses.POST,
+        f"{BASE}/api/realtime/token",
+        json={
+            "token": "t",
+            "url": "ws://chat.test/connection/websocket",
+            "expiresAt": "2026-11-28T13:00:00Z",
+        },
     )
     rt = client.realtime()
     try:

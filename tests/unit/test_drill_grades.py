@@ -6,9 +6,9 @@ import io
 
 import pytest
 
-from chatsdk._drill import GRADES, ArmResult, DrillReport, OutageFigures, grade, render_table
-from chatsdk._drill._measure import ArmRecorder, mean, percentile
-from chatsdk._drill._progress import ProgressBar
+from chatsdk.cli._drill import GRADES, ArmResult, DrillReport, OutageFigures, grade, render_table
+from chatsdk.cli._drill._measure import ArmRecorder, mean, percentile
+from chatsdk.cli._drill._progress import ProgressBar
 
 
 def g(once: float, dups: int = 0, errors: float = 0.0, messages: int = 1000) -> str:

@@ -16,12 +16,17 @@ from chatsdk import (
     ServerError,
     idempotency_key_for,
 )
-from chatsdk._idempotency import Deduplicator
+from chatsdk._http.idempotency import Deduplicator
 from chatsdk._validation import check_idempotency_key
 from tests.unit.test_transport import BASE, KEY, MESSAGES, error_json, message_json
 
 REACTIONS = f"{BASE}/api/reactions"
-REACTION = {"messageId": "m1", "reaction": "+1", "userId": "u1", "createdAt": "2026-11-28T12:00:00Z"}
+REACTION = {
+    "messageId": "m1",
+    "reaction": "+1",
+    "userId": "u1",
+    "createdAt": "2026-11-28T12:00:00Z",
+}
 
 
 def make(sleep, clock, window: float = 1.0, **session_kwargs) -> ChatClient:

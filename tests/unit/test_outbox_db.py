@@ -1,4 +1,4 @@
-"""Unit tests of the outbox file layer (chatsdk._outbox_db): permissions, corruption,
+"""Unit tests of the outbox file layer (chatsdk._outbox.sqlite): permissions, corruption,
 migrations, SQLITE_BUSY handling, fork safety."""
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-import chatsdk._outbox_db as db_module
-from chatsdk._exceptions import OutboxCorruptError, OutboxError
-from chatsdk._outbox import Outbox
-from chatsdk._outbox_db import _MIGRATIONS, APPLICATION_ID, SCHEMA_VERSION, Database
+import chatsdk._outbox.sqlite as db_module
+from chatsdk._errors import OutboxCorruptError, OutboxError
+from chatsdk._outbox.outbox import Outbox
+from chatsdk._outbox.sqlite import _MIGRATIONS, APPLICATION_ID, SCHEMA_VERSION, Database
 
 BODY: dict[str, Any] = {"channelId": "c1", "text": "hi", "attachments": [], "parentId": None}
 

@@ -1,4 +1,4 @@
-"""Unit tests of the outbox drainer (chatsdk._drainer): fake clock, fake deliver."""
+"""Unit tests of the outbox drainer (chatsdk._outbox.drainer): fake clock, fake deliver."""
 
 from __future__ import annotations
 
@@ -10,11 +10,8 @@ from typing import Any
 
 import pytest
 
-import chatsdk._drainer as drainer_module
-from chatsdk._breaker import CircuitBreaker, CircuitState
-from chatsdk._config import RetryPolicy
-from chatsdk._drainer import Drainer, is_permanent
-from chatsdk._exceptions import (
+import chatsdk._outbox.drainer as drainer_module
+from chatsdk._errors import (
     APIError,
     BadRequestError,
     CircuitBreakerOpenError,
@@ -29,8 +26,11 @@ from chatsdk._exceptions import (
     UnprocessableEntityError,
     ValidationError,
 )
-from chatsdk._outbox import Outbox
-from chatsdk._outbox_models import Operation, OutboxEntry
+from chatsdk._http.retry import RetryPolicy
+from chatsdk._outbox.drainer import Drainer, is_permanent
+from chatsdk._outbox.models import Operation, OutboxEntry
+from chatsdk._outbox.outbox import Outbox
+from chatsdk._resilience.breaker import CircuitBreaker, CircuitState
 from tests.helpers import FakeClock
 
 T0 = 1_700_000_000.0
@@ -317,7 +317,9 @@ def test_worker_claims_nothing_more_for_a_drainer_that_should_not_send(
 def test_stop_ends_a_flush_waiting_in_another_thread(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("chatsdk._outbox._POLL", 600.0)  # no polling rescues a missed wake-up
+    monkeypatch.setattr(
+        "chatsdk._outbox.outbox._POLL", 600.0
+    )  # no polling rescues a missed wake-up
     box = Outbox(tmp_path / "t.db")
     drainer = Drainer(box, FakeDeliver(), workers=1)  # never started: nothing drains
     box.enqueue("message", "c1", body("c1"))

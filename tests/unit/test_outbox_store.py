@@ -1,4 +1,4 @@
-"""Unit tests of the outbox store (chatsdk._outbox, chatsdk._outbox_models): fake clock."""
+"""Unit tests of the outbox store (chatsdk._outbox.outbox, chatsdk._outbox.models): fake clock."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from chatsdk._exceptions import (
+from chatsdk._errors import (
     APIError,
     BadRequestError,
     ConnectError,
@@ -24,14 +24,14 @@ from chatsdk._exceptions import (
     WaitTimeoutError,
 )
 from chatsdk._models import Message, Reaction
-from chatsdk._outbox import Outbox, _owner_alive
-from chatsdk._outbox_models import (
+from chatsdk._outbox.models import (
     Operation,
     OutboxEntry,
     OutboxStats,
     describe_error,
     error_record,
 )
+from chatsdk._outbox.outbox import Outbox, _owner_alive
 from tests.helpers import FakeClock
 
 T0 = 1_700_000_000.0

@@ -14,16 +14,21 @@ from typing import Any
 import pytest
 
 from chatsdk import CircuitBreakerOpenError, RealtimeError, UnauthorizedError, ValidationError
-from chatsdk._connection import CODE_NO_PING, CODE_REPLY_TIMEOUT, CODE_TOKEN_ERROR
-from chatsdk._protocol import MAX_FRAME_BYTES
-from chatsdk._realtime import RealtimeClient, RealtimeState
-from chatsdk._subscription import Publication, StreamPosition, SubscriptionState
+from chatsdk._realtime.client import RealtimeClient, RealtimeState
+from chatsdk._realtime.connection import CODE_NO_PING, CODE_REPLY_TIMEOUT, CODE_TOKEN_ERROR
+from chatsdk._realtime.protocol import MAX_FRAME_BYTES
+from chatsdk._realtime.subscription import Publication, StreamPosition, SubscriptionState
 from tests.helpers import Collector, realtime_clients, realtime_threads, wait_until
 from tests.unit.realtime_fake import FakeConn, FakeServer
 
 WAIT = 5.0
-CLIENT_DEFAULTS = {"token": "t0", "min_reconnect_delay": 0.01, "max_reconnect_delay": 0.05,
-                   "restart_spread": 0.02, "timeout": 2.0}
+CLIENT_DEFAULTS = {
+    "token": "t0",
+    "min_reconnect_delay": 0.01,
+    "max_reconnect_delay": 0.05,
+    "restart_spread": 0.02,
+    "timeout": 2.0,
+}
 
 
 class MaxRandom(random.Random):
@@ -44,15 +49,17 @@ def make_client() -> Iterator[Callable[..., RealtimeClient]]:
 
 
 def push(channel: str, offset: int, data: Any = None) -> str:
-    return json.dumps({"push": {"channel": channel, "pub": {"data": data or {"n": offset},
-                                                            "offset": offset}}})
+    return json.dumps(
+        {"push": {"channel": channel, "pub": {"data": data or {"n": offset}, "offset": offset}}}
+    )
 
 
 # -- connecting -----------------------------------------------------------------------------
 
 
 def test_connect_returns_at_once_and_sends_connect_first(
-        fake: FakeServer, make_client: Callable[..., RealtimeClient]) -> None:
+    fake: FakeServer, make_client: Callable[..., RealtimeClient]
+) -> None:
     changes: list[tuple[str, str]] = []
     client = make_client(fake.url, on_state_change=lambda o, n: changes.append((o.value, n.value)))
     assert client.state is RealtimeState.DISCONNECTED
@@ -65,8 +72,11 @@ def test_connect_returns_at_once_and_sends_connect_first(
     assert first["id"] == 1 and first["connect"]["token"] == "t0"
     assert first["connect"]["name"] == "chatsdk" and first["connect"]["version"]
     client.close()
-    assert changes == [("disconnected", "connecting"), ("connecting", "connected"),
-                       ("connected", "closed")]
+    assert changes == [
+        ("disconnected", "connecting"),
+        ("connecting", "connected"),
+        ("connected", "closed"),
+    ]
     assert client.state is RealtimeState.CLOSED
     with pytest.raises(RealtimeError):
         client.connect()
@@ -75,7 +85,8 @@ def test_connect_returns_at_once_and_sends_connect_first(
 
 
 def test_token_is_fetched_before_every_socket_opens(
-        fake: FakeServer, make_client: Callable[..., RealtimeClient]) -> None:
+    fake: FakeServer, make_client: Callable[..., RealtimeClient]
+) -> None:
     seen_connections: list[int] = []
 
     def get_token() -> str:
@@ -92,22 +103,27 @@ def test_token_is_fetched_before_every_socket_opens(
 
 
 def test_token_expired_error_refetches_and_reconnects(
-        fake: FakeServer, make_client: Callable[..., RealtimeClient]) -> None:
+    fake: FakeServer, make_client: Callable[..., RealtimeClient]
+) -> None:
     tokens = iter(["old", "new"])
     fake.connect_handler = lambda conn, params: (
         {"id": 1, "error": {"code": 109, "message": "token expired"}}
-        if params["token"] == "old" else {"id": 1, "connect": {"client": "c"}})
+        if params["token"] == "old"
+        else {"id": 1, "connect": {"client": "c"}}
+    )
     client = make_client(fake.url, get_token=lambda: next(tokens))
     client.connect()
     assert client.wait_connected(WAIT)
     assert len(fake.conns) == 2
 
 
-@pytest.mark.parametrize("error", [{"code": 100, "message": "internal", "temporary": True},
-                                   {"code": 42, "message": "transport"}])
+@pytest.mark.parametrize(
+    "error",
+    [{"code": 100, "message": "internal", "temporary": True}, {"code": 42, "message": "transport"}],
+)
 def test_retryable_connect_errors_reconnect(
-        fake: FakeServer, make_client: Callable[..., RealtimeClient],
-        error: dict[str, Any]) -> None:
+    fake: FakeServer, make_client: Callable[..., RealtimeClient], error: dict[str, Any]
+) -> None:
     fake.connect_error = error
     client = make_client(fake.url)
     client.connect()
@@ -117,8 +133,9 @@ def test_retryable_connect_errors_reconnect(
     assert client.stats().attempts >= 3
 
 
-def test_final_connect_error_stops(fake: FakeServer,
-                                   make_client: Callable[..., RealtimeClient]) -> None:
+def test_final_connect_error_stops(
+    fake: FakeServer, make_client: Callable[..., RealtimeClient]
+) -> None:
     fake.connect_error = {"code": 101, "message": "unauthorized"}
     client = make_client(fake.url)
     client.connect()
@@ -140,8 +157,9 @@ def test_unauthorized_token_fetch_is_final(make_client: Callable[..., RealtimeCl
     assert client.stats().attempts == 1
 
 
-def test_failing_token_fetch_retries(fake: FakeServer,
-                                     make_client: Callable[..., RealtimeClient]) -> None:
+def test_failing_token_fetch_retries(
+    fake: FakeServer, make_client: Callable[..., RealtimeClient]
+) -> None:
     calls = []
 
     def flaky() -> str:
@@ -157,8 +175,9 @@ def test_failing_token_fetch_retries(fake: FakeServer,
 
 
 @pytest.mark.parametrize("code", [3500, 3501, 3502, 3999, 4500, 4999])
-def test_final_close_codes_stop(fake: FakeServer, make_client: Callable[..., RealtimeClient],
-                                code: int) -> None:
+def test_final_close_codes_stop(
+    fake: FakeServer, make_client: Callable[..., RealtimeClient], code: int
+) -> None:
     client = make_client(fake.url)
     client.connect()
     assert client.wait_connected(WAIT)
@@ -175,8 +194,9 @@ def test_final_close_codes_stop(fake: FakeServer, make_client: Callable[..., Rea
 
 # (>= 5000 is no valid WebSocket close code: websocket-client rejects the frame, a 1006 drop)
 @pytest.mark.parametrize("code", [1000, 1001, 1011, 1012, 3000, 3001, 3005, 3012, 4000, 4499])
-def test_other_close_codes_reconnect(fake: FakeServer, make_client: Callable[..., RealtimeClient],
-                                     code: int) -> None:
+def test_other_close_codes_reconnect(
+    fake: FakeServer, make_client: Callable[..., RealtimeClient], code: int
+) -> None:
     client = make_client(fake.url)
     client.connect()
     assert client.wait_connected(WAIT)
@@ -186,8 +206,9 @@ def test_other_close_codes_reconnect(fake: FakeServer, make_client: Callable[...
     assert client.last_close_code == code
 
 
-def test_abnormal_drop_reconnects_as_1006(fake: FakeServer,
-                                          make_client: Callable[..., RealtimeClient]) -> None:
+def test_abnormal_drop_reconnects_as_1006(
+    fake: FakeServer, make_client: Callable[..., RealtimeClient]
+) -> None:
     client = make_client(fake.url)
     client.connect()
     assert client.wait_connected(WAIT)
@@ -197,8 +218,9 @@ def test_abnormal_drop_reconnects_as_1006(fake: FakeServer,
     assert client.last_close_code == 1006
 
 
-def test_connect_reply_timeout_reconnects(fake: FakeServer,
-                                          make_client: Callable[..., RealtimeClient]) -> None:
+def test_connect_reply_timeout_reconnects(
+    fake: FakeServer, make_client: Callable[..., RealtimeClient]
+) -> None:
     answered = []
 
     def handler(conn: FakeConn, params: dict[str, Any]) -> dict[str, Any] | None:
@@ -213,7 +235,8 @@ def test_connect_reply_timeout_reconnects(fake: FakeServer,
 
 
 def test_malformed_connect_reply_is_dropped_then_times_out(
-        fake: FakeServer, make_client: Callable[..., RealtimeClient]) -> None:
+    fake: FakeServer, make_client: Callable[..., RealtimeClient]
+) -> None:
     answered = []
 
     def handler(conn: FakeConn, params: dict[str, Any]) -> dict[str, Any]:
@@ -230,8 +253,9 @@ def test_malformed_connect_reply_is_dropped_then_times_out(
     assert client.last_close_code == CODE_REPLY_TIMEOUT
 
 
-def test_subscribe_reply_timeout_reconnects(fake: FakeServer,
-                                            make_client: Callable[..., RealtimeClient]) -> None:
+def test_subscribe_reply_timeout_reconnects(
+    fake: FakeServer, make_client: Callable[..., RealtimeClient]
+) -> None:
     calls = []
 
     def on_subscribe(conn: FakeConn, params: dict[str, Any]) -> dict[str, Any] | None:
@@ -249,8 +273,9 @@ def test_subscribe_reply_timeout_reconnects(fake: FakeServer,
 # -- ping / pong / liveness ---------------------------------------------------------------
 
 
-def test_exactly_one_pong_per_ping(fake: FakeServer,
-                                   make_client: Callable[..., RealtimeClient]) -> None:
+def test_exactly_one_pong_per_ping(
+    fake: FakeServer, make_client: Callable[..., RealtimeClient]
+) -> None:
     client = make_client(fake.url)
     client.connect()
     assert client.wait_connected(WAIT)
@@ -273,7 +298,8 @@ def test_no_pong_unless_asked(fake: FakeServer, make_client: Callable[..., Realt
 
 
 def test_silent_server_detected_within_ping_plus_grace(
-        fake: FakeServer, make_client: Callable[..., RealtimeClient]) -> None:
+    fake: FakeServer, make_client: Callable[..., RealtimeClient]
+) -> None:
     fake.connect_result = {"client": "c", "ping": 0.2, "pong": True}
     client = make_client(fake.url, ping_grace=0.2)
     client.connect()
@@ -284,8 +310,9 @@ def test_silent_server_detected_within_ping_plus_grace(
     assert client.last_close_code == CODE_NO_PING
 
 
-def test_pings_keep_connection_alive(fake: FakeServer,
-                                     make_client: Callable[..., RealtimeClient]) -> None:
+def test_pings_keep_connection_alive(
+    fake: FakeServer, make_client: Callable[..., RealtimeClient]
+) -> None:
     fake.connect_result = {"client": "c", "ping": 0.2, "pong": True}
     client = make_client(fake.url, ping_grace=0.1)
     client.connect()
@@ -296,16 +323,18 @@ def test_pings_keep_connection_alive(fake: FakeServer,
     assert len(fake.conns) == 1
 
 
-def test_no_watchdog_without_ping(fake: FakeServer,
-                                  make_client: Callable[..., RealtimeClient]) -> None:
+def test_no_watchdog_without_ping(
+    fake: FakeServer, make_client: Callable[..., RealtimeClient]
+) -> None:
     client = make_client(fake.url, ping_grace=0.05)
     client.connect()
     assert client.wait_connected(WAIT)
     assert not fake.wait_for(lambda: len(fake.conns) > 1, 0.4)
 
 
-def test_slow_callback_does_not_delay_pong(fake: FakeServer,
-                                           make_client: Callable[..., RealtimeClient]) -> None:
+def test_slow_callback_does_not_delay_pong(
+    fake: FakeServer, make_client: Callable[..., RealtimeClient]
+) -> None:
     release = threading.Event()
     client = make_client(fake.url)
     client.connect()
@@ -320,8 +349,9 @@ def test_slow_callback_does_not_delay_pong(fake: FakeServer,
 # -- refresh --------------------------------------------------------------------------------
 
 
-def test_token_refreshed_before_ttl(fake: FakeServer,
-                                    make_client: Callable[..., RealtimeClient]) -> None:
+def test_token_refreshed_before_ttl(
+    fake: FakeServer, make_client: Callable[..., RealtimeClient]
+) -> None:
     fake.connect_result = {"client": "c", "expires": True, "ttl": 1}
     tokens = iter(f"t{i}" for i in range(100))
     client = make_client(fake.url, get_token=lambda: next(tokens))
@@ -337,9 +367,15 @@ def test_token_refreshed_before_ttl(fake: FakeServer,
 
 
 def test_restart_spread_and_backoff_with_injected_random(
-        fake: FakeServer, make_client: Callable[..., RealtimeClient]) -> None:
-    client = make_client(fake.url, random=MaxRandom(), restart_spread=0.07,
-                         min_reconnect_delay=0.01, max_reconnect_delay=1.0)
+    fake: FakeServer, make_client: Callable[..., RealtimeClient]
+) -> None:
+    client = make_client(
+        fake.url,
+        random=MaxRandom(),
+        restart_spread=0.07,
+        min_reconnect_delay=0.01,
+        max_reconnect_delay=1.0,
+    )
     client.connect()
     assert client.wait_connected(WAIT)
     for n, code in enumerate((1001, 3001, 1012), start=2):
@@ -356,13 +392,21 @@ def test_restart_spread_and_backoff_with_injected_random(
 
 
 def test_failed_attempts_after_a_restart_keep_the_restart_spread(
-        fake: FakeServer, make_client: Callable[..., RealtimeClient]) -> None:
+    fake: FakeServer, make_client: Callable[..., RealtimeClient]
+) -> None:
     refuse = {"on": True}
     fake.connect_handler = lambda conn, params: (
         {"id": 1, "error": {"code": 100, "message": "starting", "temporary": True}}
-        if refuse["on"] and len(fake.conns) > 1 else {"id": 1, "connect": {}})
-    client = make_client(fake.url, random=MaxRandom(), restart_spread=0.06,
-                         min_reconnect_delay=0.01, max_reconnect_delay=1.0)
+        if refuse["on"] and len(fake.conns) > 1
+        else {"id": 1, "connect": {}}
+    )
+    client = make_client(
+        fake.url,
+        random=MaxRandom(),
+        restart_spread=0.06,
+        min_reconnect_delay=0.01,
+        max_reconnect_delay=1.0,
+    )
     client.connect()
     assert client.wait_connected(WAIT)
     fake.close(1012)
@@ -373,10 +417,16 @@ def test_failed_attempts_after_a_restart_keep_the_restart_spread(
     assert client.stats().reconnect_delays[:2] == pytest.approx((0.06, 0.07))
 
 
-def test_backoff_resets_after_stable(fake: FakeServer,
-                                     make_client: Callable[..., RealtimeClient]) -> None:
-    client = make_client(fake.url, random=MaxRandom(), stable_after=0.2,
-                         min_reconnect_delay=0.01, max_reconnect_delay=1.0)
+def test_backoff_resets_after_stable(
+    fake: FakeServer, make_client: Callable[..., RealtimeClient]
+) -> None:
+    client = make_client(
+        fake.url,
+        random=MaxRandom(),
+        stable_after=0.2,
+        min_reconnect_delay=0.01,
+        max_reconnect_delay=1.0,
+    )
     client.connect()
     assert client.wait_connected(WAIT)
     fake.close(3000)
@@ -397,9 +447,14 @@ def free_port_url() -> str:
 
 def test_suspended_then_gives_up(make_client: Callable[..., RealtimeClient]) -> None:
     states: list[RealtimeState] = []
-    client = make_client(free_port_url(), suspend_after=2, max_reconnect_attempts=4,
-                         on_state_change=lambda o, n: states.append(n),
-                         min_reconnect_delay=0.001, max_reconnect_delay=0.005)
+    client = make_client(
+        free_port_url(),
+        suspend_after=2,
+        max_reconnect_attempts=4,
+        on_state_change=lambda o, n: states.append(n),
+        min_reconnect_delay=0.001,
+        max_reconnect_delay=0.005,
+    )
     client.connect()
     assert not client.wait_connected(WAIT)
     assert client.state is RealtimeState.DISCONNECTED
@@ -450,7 +505,8 @@ class FakeBreaker:
 
 
 def test_breaker_open_waits_retry_after_and_records_outcomes(
-        fake: FakeServer, make_client: Callable[..., RealtimeClient]) -> None:
+    fake: FakeServer, make_client: Callable[..., RealtimeClient]
+) -> None:
     breaker = FakeBreaker(closed_after=2)
     client = make_client(fake.url, breaker=breaker)
     client.connect()
@@ -487,7 +543,8 @@ def test_invalid_options() -> None:
 
 
 def test_subscribe_before_connect_and_publications(
-        fake: FakeServer, make_client: Callable[..., RealtimeClient]) -> None:
+    fake: FakeServer, make_client: Callable[..., RealtimeClient]
+) -> None:
     got = Collector()
     client = make_client(fake.url)
     sub = client.subscribe("chat:1", got)
@@ -509,14 +566,19 @@ def test_subscribe_before_connect_and_publications(
 
 
 def test_resubscribe_recovers_after_reconnect(
-        fake: FakeServer, make_client: Callable[..., RealtimeClient]) -> None:
+    fake: FakeServer, make_client: Callable[..., RealtimeClient]
+) -> None:
     def on_subscribe(conn: FakeConn, params: dict[str, Any]) -> dict[str, Any]:
         if params.get("recover"):
             assert params["offset"] == 1 and params["epoch"] == "e1"
-            return {"recoverable": True, "epoch": "e1", "offset": 1, "recovered": True,
-                    "was_recovering": True,
-                    "publications": [{"data": {"n": 2}, "offset": 2},
-                                     {"data": {"n": 3}, "offset": 3}]}
+            return {
+                "recoverable": True,
+                "epoch": "e1",
+                "offset": 1,
+                "recovered": True,
+                "was_recovering": True,
+                "publications": [{"data": {"n": 2}, "offset": 2}, {"data": {"n": 3}, "offset": 3}],
+            }
         return {"recoverable": True, "epoch": "e1", "offset": 0}
 
     fake.subscribe_handler = on_subscribe
@@ -537,12 +599,18 @@ def test_resubscribe_recovers_after_reconnect(
 
 
 def test_gap_triggers_resubscribe_and_recovery(
-        fake: FakeServer, make_client: Callable[..., RealtimeClient]) -> None:
+    fake: FakeServer, make_client: Callable[..., RealtimeClient]
+) -> None:
     def on_subscribe(conn: FakeConn, params: dict[str, Any]) -> dict[str, Any]:
         if params.get("recover"):
-            return {"recoverable": True, "epoch": "e1", "offset": params["offset"],
-                    "recovered": True, "was_recovering": True,
-                    "publications": [{"data": {}, "offset": 2}]}
+            return {
+                "recoverable": True,
+                "epoch": "e1",
+                "offset": params["offset"],
+                "recovered": True,
+                "was_recovering": True,
+                "publications": [{"data": {}, "offset": 2}],
+            }
         return {"recoverable": True, "epoch": "e1", "offset": 0}
 
     fake.subscribe_handler = on_subscribe
@@ -560,28 +628,38 @@ def test_gap_triggers_resubscribe_and_recovery(
 
 
 def test_recovery_failed_callback_then_stream_continues(
-        fake: FakeServer, make_client: Callable[..., RealtimeClient]) -> None:
+    fake: FakeServer, make_client: Callable[..., RealtimeClient]
+) -> None:
     fake.subscribe_handler = lambda conn, params: {
-        "recoverable": True, "epoch": "e2", "offset": 7, "recovered": False,
-        "was_recovering": True}
+        "recoverable": True,
+        "epoch": "e2",
+        "offset": 7,
+        "recovered": False,
+        "was_recovering": True,
+    }
     failed: list[str] = []
     got = Collector()
     client = make_client(fake.url)
     client.connect()
-    sub = client.subscribe("chat:1", got, on_recovery_failed=failed.append,
-                           since=StreamPosition(3, "e1"))
+    sub = client.subscribe(
+        "chat:1", got, on_recovery_failed=failed.append, since=StreamPosition(3, "e1")
+    )
     assert sub.wait_subscribed(WAIT)
     fake.send(push("chat:1", 8))
     assert got.wait_count(1)
     assert failed == ["chat:1"]
     assert got.items[0].epoch == "e2" and sub.position == StreamPosition(8, "e2")
     assert fake.commands("subscribe")[0]["subscribe"] == {
-        "channel": "chat:1", "recover": True, "offset": 3, "epoch": "e1"}
+        "channel": "chat:1",
+        "recover": True,
+        "offset": 3,
+        "epoch": "e1",
+    }
 
 
 def test_callback_exception_is_logged_and_stream_continues(
-        fake: FakeServer, make_client: Callable[..., RealtimeClient],
-        caplog: pytest.LogCaptureFixture) -> None:
+    fake: FakeServer, make_client: Callable[..., RealtimeClient], caplog: pytest.LogCaptureFixture
+) -> None:
     got = Collector()
 
     def explode(pub: Publication) -> None:
@@ -593,7 +671,7 @@ def test_callback_exception_is_logged_and_stream_continues(
     client.connect()
     sub = client.subscribe("chat:1", explode)
     assert sub.wait_subscribed(WAIT)
-    with caplog.at_level(logging.ERROR, logger="chatsdk._dispatch"):
+    with caplog.at_level(logging.ERROR, logger="chatsdk._realtime.dispatch"):
         fake.send(push("chat:1", 1))
         fake.send(push("chat:1", 2))
         assert got.wait_count(2)
@@ -619,15 +697,17 @@ def test_unsubscribe(fake: FakeServer, make_client: Callable[..., RealtimeClient
     client.subscribe("chat:1", got)  # may subscribe again
 
 
-def test_server_unsubscribe_push(fake: FakeServer,
-                                 make_client: Callable[..., RealtimeClient]) -> None:
+def test_server_unsubscribe_push(
+    fake: FakeServer, make_client: Callable[..., RealtimeClient]
+) -> None:
     client = make_client(fake.url)
     client.connect()
     a = client.subscribe("chat:a", lambda p: None)
     b = client.subscribe("chat:b", lambda p: None)
     assert a.wait_subscribed(WAIT) and b.wait_subscribed(WAIT)
-    fake.send(json.dumps({"push": {"channel": "chat:a", "unsubscribe": {"code": 2000,
-                                                                         "reason": "no"}}}))
+    fake.send(
+        json.dumps({"push": {"channel": "chat:a", "unsubscribe": {"code": 2000, "reason": "no"}}})
+    )
     fake.send(json.dumps({"push": {"channel": "chat:b", "unsubscribe": {"code": 2500}}}))
     assert fake.wait_for(lambda: len(fake.commands("subscribe")) == 3)
     assert wait_until(lambda: a.state is SubscriptionState.UNSUBSCRIBED)
@@ -664,7 +744,8 @@ def test_subscribe_errors(fake: FakeServer, make_client: Callable[..., RealtimeC
 
 
 def test_resubscribe_batches_split_below_frame_limit(
-        fake: FakeServer, make_client: Callable[..., RealtimeClient]) -> None:
+    fake: FakeServer, make_client: Callable[..., RealtimeClient]
+) -> None:
     client = make_client(fake.url)
     subs = [client.subscribe("chat:" + "c" * 300 + str(i), lambda p: None) for i in range(400)]
     client.connect()
@@ -676,7 +757,8 @@ def test_resubscribe_batches_split_below_frame_limit(
 
 
 def test_reconnect_listener_called_on_every_connect(
-        fake: FakeServer, make_client: Callable[..., RealtimeClient]) -> None:
+    fake: FakeServer, make_client: Callable[..., RealtimeClient]
+) -> None:
     woke = threading.Semaphore(0)
     client = make_client(fake.url)
     client.add_reconnect_listener(woke.release)
@@ -686,8 +768,9 @@ def test_reconnect_listener_called_on_every_connect(
     assert woke.acquire(timeout=WAIT)
 
 
-def test_close_ends_threads_quickly(fake: FakeServer,
-                                    make_client: Callable[..., RealtimeClient]) -> None:
+def test_close_ends_threads_quickly(
+    fake: FakeServer, make_client: Callable[..., RealtimeClient]
+) -> None:
     client = make_client(fake.url)
     client.connect()
     sub = client.subscribe("chat:1", lambda p: None)

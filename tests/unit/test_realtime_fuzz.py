@@ -12,9 +12,9 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chatsdk._connection import Connection, Counters, Session
-from chatsdk._dispatch import Dispatcher
-from chatsdk._subscription import StreamPosition, Subscription, SubscriptionState
+from chatsdk._realtime.connection import Connection, Counters, Session
+from chatsdk._realtime.dispatch import Dispatcher
+from chatsdk._realtime.subscription import StreamPosition, Subscription, SubscriptionState
 
 
 class RecordingWS:
@@ -31,10 +31,20 @@ def connected() -> tuple[Connection, RecordingWS, Subscription, Subscription]:
     lock = threading.RLock()
     subs: dict[str, Subscription] = {}
     session = Session(
-        lock=lock, subs=subs, dispatcher=Dispatcher(), counters=Counters(),
-        clock=time.monotonic, rng=random.Random(0), timeout=60.0, ping_grace=10.0,
-        min_delay=0.1, max_delay=1.0, get_token=None, on_connected=lambda conn: None,
-        spawn=lambda fn: None)
+        lock=lock,
+        subs=subs,
+        dispatcher=Dispatcher(),
+        counters=Counters(),
+        clock=time.monotonic,
+        rng=random.Random(0),
+        timeout=60.0,
+        ping_grace=10.0,
+        min_delay=0.1,
+        max_delay=1.0,
+        get_token=None,
+        on_connected=lambda conn: None,
+        spawn=lambda fn: None,
+    )
     one = Subscription("chat:1", lambda pub: None)
     subs["chat:1"] = one
     conn = Connection(session, ws)
@@ -52,23 +62,28 @@ def connected() -> tuple[Connection, RecordingWS, Subscription, Subscription]:
 
 # -- strategies ---------------------------------------------------------------------------
 
-json_scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70),
-                         st.floats(allow_nan=False), st.text(max_size=20))
+json_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=False),
+    st.text(max_size=20),
+)
 json_values = st.recursive(
     json_scalars,
-    lambda children: st.one_of(st.lists(children, max_size=4),
-                               st.dictionaries(st.text(max_size=8), children, max_size=4)),
-    max_leaves=12)
+    lambda children: st.one_of(
+        st.lists(children, max_size=4), st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=12,
+)
 
 
 def wrong(kind: str) -> st.SearchStrategy[Any]:
     """JSON values that are not of the protocol type ``kind``."""
     if kind == "int":
-        return json_values.filter(
-            lambda v: isinstance(v, bool) or not isinstance(v, int) or v < 0)
+        return json_values.filter(lambda v: isinstance(v, bool) or not isinstance(v, int) or v < 0)
     if kind == "id":
-        return json_values.filter(
-            lambda v: isinstance(v, bool) or not isinstance(v, int) or v <= 0)
+        return json_values.filter(lambda v: isinstance(v, bool) or not isinstance(v, int) or v <= 0)
     if kind == "str":
         return json_values.filter(lambda v: not isinstance(v, str))
     if kind == "nonempty_str":
@@ -86,9 +101,17 @@ def wrong(kind: str) -> st.SearchStrategy[Any]:
 
 PUB = {"push": {"channel": "chat:1", "pub": {"data": {"x": 1}, "offset": 6, "info": {}}}}
 UNSUB = {"push": {"channel": "chat:1", "unsubscribe": {"code": 2000, "reason": "r"}}}
-SUB_REPLY = {"id": 3, "subscribe": {"recoverable": True, "epoch": "e", "offset": 0,
-                                    "recovered": False, "was_recovering": False,
-                                    "publications": [{"data": 1, "offset": 1}]}}
+SUB_REPLY = {
+    "id": 3,
+    "subscribe": {
+        "recoverable": True,
+        "epoch": "e",
+        "offset": 0,
+        "recovered": False,
+        "was_recovering": False,
+        "publications": [{"data": 1, "offset": 1}],
+    },
+}
 ERR_REPLY = {"id": 3, "error": {"code": 103, "message": "denied", "temporary": False}}
 
 # (template, path to the field, the field's protocol type)
@@ -140,18 +163,21 @@ def _not_json(text: str) -> bool:
 
 non_object_json = json_values.filter(lambda v: not isinstance(v, dict)).map(json.dumps)
 garbage = st.text(min_size=1).filter(lambda t: "\n" not in t and t.strip() != "" and _not_json(t))
-huge = st.sampled_from([
-    "[" * 200_000,
-    '{"push":{"channel":"chat:1","pub":{"offset":"' + "9" * 1_000_000 + '"}}}',
-    '{"id":3,"subscribe":{"epoch":' + "1" * 5000 + "}}",
-    "x" * 2_000_000,
-])
+huge = st.sampled_from(
+    [
+        "[" * 200_000,
+        '{"push":{"channel":"chat:1","pub":{"offset":"' + "9" * 1_000_000 + '"}}}',
+        '{"id":3,"subscribe":{"epoch":' + "1" * 5000 + "}}",
+        "x" * 2_000_000,
+    ]
+)
 bad_line = st.one_of(mutated_line(), non_object_json, garbage, huge)
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(lines=st.lists(st.one_of(bad_line, st.just("")), min_size=1, max_size=6),
-       as_bytes=st.booleans())
+@given(
+    lines=st.lists(st.one_of(bad_line, st.just("")), min_size=1, max_size=6), as_bytes=st.booleans()
+)
 def test_malformed_frames_change_nothing(lines: list[str], as_bytes: bool) -> None:
     conn, ws, one, two = connected()
     frame = "\n".join(lines)
@@ -177,19 +203,29 @@ def test_arbitrary_frames_never_raise(payload: str | bytes) -> None:
 
 
 @settings(max_examples=100, deadline=None)
-@given(parts=st.lists(st.sampled_from(["ping", "empty", "join", "garbage", "unknown_reply"]),
-                      min_size=1, max_size=30),
-       split=st.lists(st.integers(1, 5), min_size=1, max_size=30))
+@given(
+    parts=st.lists(
+        st.sampled_from(["ping", "empty", "join", "garbage", "unknown_reply"]),
+        min_size=1,
+        max_size=30,
+    ),
+    split=st.lists(st.integers(1, 5), min_size=1, max_size=30),
+)
 def test_one_pong_per_ping_whatever_the_batching(parts: list[str], split: list[int]) -> None:
     conn, ws, one, two = connected()  # noqa: RUF059
-    text = {"ping": "{}", "empty": "", "join": '{"push":{"channel":"chat:1","join":{}}}',
-            "garbage": "{{", "unknown_reply": '{"id":99,"connect":{}}'}
+    text = {
+        "ping": "{}",
+        "empty": "",
+        "join": '{"push":{"channel":"chat:1","join":{}}}',
+        "garbage": "{{",
+        "unknown_reply": '{"id":99,"connect":{}}',
+    }
     lines = [text[p] for p in parts]
     i = 0
     sizes = iter(split * 30)
     while i < len(lines):
         n = next(sizes)
-        conn.handle_frame("\n".join(lines[i:i + n]))
+        conn.handle_frame("\n".join(lines[i : i + n]))
         i += n
     assert ws.sent == ["{}"] * parts.count("ping")
     assert one.stream == StreamPosition(5, "e")

@@ -8,8 +8,9 @@ import random
 
 import pytest
 
-from chatsdk._connection import reconnect_delay, refresh_delay
-from chatsdk._protocol import (
+from chatsdk._realtime.client import is_final_close_code, parse_close_frame
+from chatsdk._realtime.connection import reconnect_delay, refresh_delay
+from chatsdk._realtime.protocol import (
     MAX_FRAME_BYTES,
     OtherPush,
     Ping,
@@ -24,8 +25,7 @@ from chatsdk._protocol import (
     parse_connect_result,
     parse_subscribe_result,
 )
-from chatsdk._realtime import is_final_close_code, parse_close_frame
-from chatsdk._subscription import StreamPosition, Subscription, SubscriptionState
+from chatsdk._realtime.subscription import StreamPosition, Subscription, SubscriptionState
 
 
 class MaxRandom(random.Random):
@@ -89,15 +89,20 @@ def test_close_codes() -> None:
 
 
 def test_decode_batched_frame() -> None:
-    text = "\n".join([
-        "{}",
-        "",
-        '{"id":1,"connect":{"client":"c","ping":25,"pong":true}}',
-        '{"push":{"channel":"chat:1","pub":{"data":{"x":1},"offset":3}}}',
-        '{"push":{"channel":"chat:1","unsubscribe":{"code":2500,"reason":"r"}}}',
-        '{"push":{"channel":"chat:1","join":{"info":{"user":"u"}}}}',
-        '{"id":2,"error":{"code":109,"message":"token expired"}}',
-    ]) + "\n"
+    text = (
+        "\n".join(
+            [
+                "{}",
+                "",
+                '{"id":1,"connect":{"client":"c","ping":25,"pong":true}}',
+                '{"push":{"channel":"chat:1","pub":{"data":{"x":1},"offset":3}}}',
+                '{"push":{"channel":"chat:1","unsubscribe":{"code":2500,"reason":"r"}}}',
+                '{"push":{"channel":"chat:1","join":{"info":{"user":"u"}}}}',
+                '{"id":2,"error":{"code":109,"message":"token expired"}}',
+            ]
+        )
+        + "\n"
+    )
     items = list(decode_frame(text))
     assert items[0] == Ping()
     assert isinstance(items[1], Reply) and items[1].id == 1
@@ -134,9 +139,10 @@ def test_decode_batched_frame() -> None:
     ],
 )
 def test_malformed_lines_are_dropped_and_logged(
-        line: str, caplog: pytest.LogCaptureFixture) -> None:
+    line: str, caplog: pytest.LogCaptureFixture
+) -> None:
     drops: list[str] = []
-    with caplog.at_level(logging.WARNING, logger="chatsdk._protocol"):
+    with caplog.at_level(logging.WARNING, logger="chatsdk._realtime.protocol"):
         assert list(decode_frame(line, drops.append)) == []
     assert drops and caplog.records
 
@@ -148,9 +154,16 @@ def test_non_utf8_frame_dropped() -> None:
 
 
 def test_subscribe_result_validation() -> None:
-    result = parse_subscribe_result({"recoverable": True, "epoch": "e", "offset": 4,
-                                     "recovered": True, "was_recovering": True,
-                                     "publications": [{"data": 1, "offset": 5}]})
+    result = parse_subscribe_result(
+        {
+            "recoverable": True,
+            "epoch": "e",
+            "offset": 4,
+            "recovered": True,
+            "was_recovering": True,
+            "publications": [{"data": 1, "offset": 5}],
+        }
+    )
     assert result.publications == (RawPublication(1, 5),)
     with pytest.raises(ValueError):
         parse_subscribe_result({"publications": {}})
@@ -174,8 +187,9 @@ def test_reply_result_must_be_an_object() -> None:
 
 
 def test_batch_frames_split_under_limit() -> None:
-    commands = [{"id": i, "subscribe": {"channel": "chat:" + "x" * 200 + str(i)}}
-                for i in range(1, 2001)]
+    commands = [
+        {"id": i, "subscribe": {"channel": "chat:" + "x" * 200 + str(i)}} for i in range(1, 2001)
+    ]
     frames = batch_frames(commands)
     assert len(frames) > 1
     assert all(len(f.encode()) < MAX_FRAME_BYTES for f in frames)
@@ -219,9 +233,16 @@ def test_recovery_merges_reply_and_held_pushes_without_duplicates() -> None:
     assert params == {"channel": "chat:1", "recover": True, "offset": 5, "epoch": "e"}
     for offset in (8, 9, 7):
         sub.on_publication(_pub(offset))
-    step = sub.on_subscribe_result(SubscribeResult(
-        recoverable=True, epoch="e", offset=5, recovered=True, was_recovering=True,
-        publications=(_pub(6), _pub(7), _pub(8))))
+    step = sub.on_subscribe_result(
+        SubscribeResult(
+            recoverable=True,
+            epoch="e",
+            offset=5,
+            recovered=True,
+            was_recovering=True,
+            publications=(_pub(6), _pub(7), _pub(8)),
+        )
+    )
     assert [p.offset for p in step.deliver] == [6, 7, 8, 9]
     assert step.duplicates == 2 and step.recovered and not step.resubscribe
     assert step.rebase is None
@@ -231,8 +252,11 @@ def test_recovery_failed_continues_from_new_epoch() -> None:
     sub = _sub(StreamPosition(5, "old"))
     sub.subscribe_params()
     sub.on_publication(_pub(2))
-    step = sub.on_subscribe_result(SubscribeResult(
-        recoverable=True, epoch="new", offset=1, recovered=False, was_recovering=True))
+    step = sub.on_subscribe_result(
+        SubscribeResult(
+            recoverable=True, epoch="new", offset=1, recovered=False, was_recovering=True
+        )
+    )
     assert step.recovery_failed and step.rebase == StreamPosition(1, "new")
     assert [(p.offset, p.epoch) for p in step.deliver] == [(2, "new")]
 
@@ -240,8 +264,11 @@ def test_recovery_failed_continues_from_new_epoch() -> None:
 def test_epoch_change_with_recovered_flag_counts_as_failed() -> None:
     sub = _sub(StreamPosition(5, "old"))
     sub.subscribe_params()
-    step = sub.on_subscribe_result(SubscribeResult(
-        recoverable=True, epoch="new", offset=0, recovered=True, was_recovering=True))
+    step = sub.on_subscribe_result(
+        SubscribeResult(
+            recoverable=True, epoch="new", offset=0, recovered=True, was_recovering=True
+        )
+    )
     assert step.recovery_failed
 
 
@@ -257,8 +284,11 @@ def test_live_pushes_dedupe_and_gap() -> None:
     assert sub.stream == StreamPosition(1, "e")
     # resubscribe recovers from 1; the held 3 merges with recovered 2
     assert sub.subscribe_params()["offset"] == 1
-    step = sub.on_subscribe_result(SubscribeResult(
-        recoverable=True, epoch="e", offset=1, recovered=True, publications=(_pub(2),)))
+    step = sub.on_subscribe_result(
+        SubscribeResult(
+            recoverable=True, epoch="e", offset=1, recovered=True, publications=(_pub(2),)
+        )
+    )
     assert [p.offset for p in step.deliver] == [2, 3]
 
 
@@ -266,8 +296,11 @@ def test_gap_remaining_after_reply_asks_for_resubscribe() -> None:
     sub = _sub(StreamPosition(1, "e"))
     sub.subscribe_params()
     sub.on_publication(_pub(5))
-    step = sub.on_subscribe_result(SubscribeResult(
-        recoverable=True, epoch="e", offset=1, recovered=True, publications=(_pub(2),)))
+    step = sub.on_subscribe_result(
+        SubscribeResult(
+            recoverable=True, epoch="e", offset=1, recovered=True, publications=(_pub(2),)
+        )
+    )
     assert [p.offset for p in step.deliver] == [2]
     assert step.resubscribe
 
@@ -304,7 +337,7 @@ def test_subscribe_errors() -> None:
 
 
 def test_held_overflow_forces_resubscribe(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("chatsdk._subscription.MAX_HELD", 2)
+    monkeypatch.setattr("chatsdk._realtime.subscription.MAX_HELD", 2)
     sub = _sub()
     sub.subscribe_params()
     for offset in (1, 2, 3):
@@ -318,8 +351,9 @@ def test_hand_over_sets_position_and_skips_after_unsubscribe() -> None:
     got: list[int] = []
     sub = Subscription("c", lambda p: got.append(p.offset))
     sub.subscribe_params()
-    step = sub.on_subscribe_result(SubscribeResult(recoverable=True, epoch="e", offset=0,
-                                                   publications=()))
+    step = sub.on_subscribe_result(
+        SubscribeResult(recoverable=True, epoch="e", offset=0, publications=())
+    )
     sub.rebase(step.rebase or StreamPosition(0, "e"), False)
     (pub,) = sub.on_publication(_pub(1)).deliver
     sub.hand_over(pub)

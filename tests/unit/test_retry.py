@@ -27,7 +27,7 @@ from chatsdk import (
     retry_call,
     should_retry,
 )
-from chatsdk._retry import backoff_for
+from chatsdk._http.retry import backoff_for
 
 NO_JITTER = RetryPolicy(jitter="none")
 
@@ -267,4 +267,3 @@ def _limited(seconds: float) -> RateLimitedError:
 
 def _no_sleep(_seconds: float) -> None:
     pass
-

@@ -6,7 +6,7 @@ import pytest
 import responses
 
 from chatsdk import ChatSession, ConfigurationError, ResilientAdapter
-from chatsdk._session import DEFAULT_TIMEOUT, normalize_base_url
+from chatsdk._http.session import DEFAULT_TIMEOUT, normalize_base_url
 
 KEY = "sk-secret-key-123"
 
@@ -35,12 +35,16 @@ def test_the_key_is_never_sent_to_another_origin() -> None:
 @responses.activate
 def test_the_key_is_dropped_across_a_redirect_to_another_origin() -> None:
     responses.add(
-        responses.GET, "http://chat.test/api/go", status=302,
+        responses.GET,
+        "http://chat.test/api/go",
+        status=302,
         headers={"Location": "http://evil.test/steal"},
     )
     responses.add(responses.GET, "http://evil.test/steal", body="ok")
     responses.add(
-        responses.GET, "http://chat.test/api/same", status=302,
+        responses.GET,
+        "http://chat.test/api/same",
+        status=302,
         headers={"Location": "http://chat.test/api/health"},
     )
     responses.add(responses.GET, "http://chat.test/api/health", json={"status": "ok"})

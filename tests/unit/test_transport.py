@@ -123,7 +123,10 @@ def test_session_returns_the_last_response_when_status_retries_run_out(sleep, cl
 @responses.activate
 def test_429_retry_after_is_the_minimum_wait(sleep, clock) -> None:
     responses.add(
-        responses.POST, MESSAGES, json=error_json("rate_limited"), status=429,
+        responses.POST,
+        MESSAGES,
+        json=error_json("rate_limited"),
+        status=429,
         headers={"Retry-After": "2"},
     )
     responses.add(responses.POST, MESSAGES, json=message_json(), status=201)
@@ -135,7 +138,10 @@ def test_429_retry_after_is_the_minimum_wait(sleep, clock) -> None:
 @responses.activate
 def test_retry_after_above_the_cap_is_not_retried(sleep, clock) -> None:
     responses.add(
-        responses.POST, MESSAGES, json=error_json("rate_limited"), status=429,
+        responses.POST,
+        MESSAGES,
+        json=error_json("rate_limited"),
+        status=429,
         headers={"Retry-After": "3600"},
     )
     with pytest.raises(RateLimitedError) as info:
@@ -148,7 +154,10 @@ def test_retry_after_above_the_cap_is_not_retried(sleep, clock) -> None:
 @responses.activate
 def test_garbage_retry_after_is_ignored(sleep, clock) -> None:
     responses.add(
-        responses.POST, MESSAGES, json=error_json("unavailable"), status=503,
+        responses.POST,
+        MESSAGES,
+        json=error_json("unavailable"),
+        status=503,
         headers={"Retry-After": "-5"},
     )
     responses.add(responses.POST, MESSAGES, json=message_json(), status=201)
@@ -251,8 +260,13 @@ def test_a_2xx_body_off_the_contract_is_a_clear_api_error(sleep, clock, body: st
 @responses.activate
 def test_409_key_in_use_is_retried_with_the_same_key(sleep, clock) -> None:
     responses.add(responses.POST, MESSAGES, json=error_json("idempotency_key_in_use"), status=409)
-    responses.add(responses.POST, MESSAGES, json=message_json(), status=201,
-                  headers={"Idempotent-Replayed": "true"})
+    responses.add(
+        responses.POST,
+        MESSAGES,
+        json=message_json(),
+        status=201,
+        headers={"Idempotent-Replayed": "true"},
+    )
     message = make_client(sleep, clock).send_message("general", "hello")
     assert message.replayed
     assert len(set(keys_sent())) == 1 and len(responses.calls) == 2
@@ -323,4 +337,3 @@ def test_streaming_responses_are_retried_on_status(sleep, clock) -> None:
         response = session.get("/api/health", stream=True)
         assert json.loads(response.content) == {"status": "ok"}
     assert len(responses.calls) == 2
-

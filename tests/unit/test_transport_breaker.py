@@ -16,7 +16,7 @@ from chatsdk import (
     RetryPolicy,
     ServerError,
 )
-from chatsdk._breaker import CircuitState
+from chatsdk._resilience.breaker import CircuitState
 from tests.unit.test_transport import BASE, KEY, MESSAGES, error_json, message_json
 
 HEALTH = f"{BASE}/api/health"

@@ -19,24 +19,25 @@ import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from chatsdk._breaker import CircuitBreaker, CircuitState, Permit
-from chatsdk._budget import RetryBudget
-from chatsdk._config import DEFAULT_RETRY_POLICY, BreakerPolicy, RetryPolicy
-from chatsdk._exceptions import (
+from chatsdk._errors import (
     ChatSDKError,
     CircuitBreakerOpenError,
     TransportError,
     error_for_response,
     map_transport_error,
 )
-from chatsdk._hosts import HostState, host_of
-from chatsdk._retry import (
+from chatsdk._http.retry import (
+    DEFAULT_RETRY_POLICY,
     IDEMPOTENT_METHODS,
+    RetryPolicy,
     backoff_for,
     is_retryable_status,
     parse_retry_after,
     should_retry,
 )
+from chatsdk._resilience.breaker import BreakerPolicy, CircuitBreaker, CircuitState, Permit
+from chatsdk._resilience.budget import RetryBudget
+from chatsdk._resilience.hosts import HostState, host_of
 
 __all__ = ["ResilientAdapter", "attempts_of"]
 

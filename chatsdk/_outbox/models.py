@@ -7,7 +7,7 @@ from typing import Any, Generic, Literal, Protocol, TypeVar, cast
 
 import attrs
 
-from chatsdk._exceptions import (
+from chatsdk._errors import (
     _CODE_ERRORS,
     _STATUS_ERRORS,
     APIError,

@@ -41,15 +41,15 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from chatsdk._client import ChatClient
-from chatsdk._drill._grades import grade
-from chatsdk._drill._measure import mean, percentile
-from chatsdk._drill._report import ArmResult
-from chatsdk._exceptions import ChatSDKError
-from chatsdk._realtime import RealtimeClient
-from chatsdk._session import ChatSession
+from chatsdk._errors import ChatSDKError
+from chatsdk._http.session import ChatSession
+from chatsdk._realtime.client import RealtimeClient
+from chatsdk.cli._drill._grades import grade
+from chatsdk.cli._drill._measure import mean, percentile
+from chatsdk.cli._drill._report import ArmResult
 
 if TYPE_CHECKING:
-    from chatsdk._subscription import Publication
+    from chatsdk._realtime.subscription import Publication
     from chatsdk.testing import FaultPlan, ReferenceServer
 
 __all__ = ["REALTIME_FAULTS", "RealtimeArm"]

@@ -20,9 +20,9 @@ import sys
 import time
 from typing import Any
 
-from chatsdk._commands import echo
-from chatsdk._exceptions import ChatSDKError
-from chatsdk._outbox import STATUSES, TERMINAL, Outbox
+from chatsdk._errors import ChatSDKError
+from chatsdk._outbox.outbox import STATUSES, TERMINAL, Outbox
+from chatsdk.cli._output import echo
 
 __all__ = ["PATH_ENV", "add_parser", "run"]
 

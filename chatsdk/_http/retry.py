@@ -14,14 +14,18 @@ import math
 import random
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Literal, TypeVar
 
+import attrs
 import tenacity
 
-from chatsdk._config import DEFAULT_RETRY_POLICY, RetryPolicy
-from chatsdk._exceptions import APIError, ChatSDKError, TransportError
+from chatsdk._errors import APIError, ChatSDKError, TransportError
+from chatsdk._validation import non_negative, optional_positive, statuses
 
 __all__ = [
+    "DEFAULT_RETRY_POLICY",
+    "Jitter",
+    "RetryPolicy",
     "IDEMPOTENT_METHODS",
     "calculate_backoff",
     "is_retryable_status",
@@ -33,6 +37,57 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+Jitter = Literal["full", "equal", "additive", "none"]
+
+_JITTERS = ("full", "equal", "additive", "none")
+
+
+@attrs.frozen(kw_only=True)
+class RetryPolicy:
+    """How one operation is retried.
+
+    Attributes:
+        max_attempts: HTTP sends per operation, the first included (>= 1).
+        base_delay: backoff before the first retry, in seconds.
+        max_delay: cap on one backoff, in seconds.
+        jitter: ``"full"`` U(0, d); ``"equal"`` d/2 + U(0, d/2); ``"additive"`` d + U(0, d/2)
+            (the original design's); ``"none"`` d.
+        retry_statuses: statuses worth another attempt.
+        respect_retry_after: treat ``Retry-After`` as the minimum wait.
+        max_retry_after: a ``Retry-After`` above this stops retrying (the error carries it).
+        deadline: seconds for the whole operation, waits included; ``None`` for no deadline.
+        budget_capacity: size of the per-host retry budget (tokens; one retry costs one);
+            ``None`` turns the budget off.
+        budget_refund: tokens a successful attempt puts back into the budget.
+    """
+
+    max_attempts: int = attrs.field(default=5)
+    base_delay: float = attrs.field(default=0.1, validator=non_negative)
+    max_delay: float = attrs.field(default=10.0, validator=non_negative)
+    jitter: Jitter = attrs.field(default="full")
+    retry_statuses: frozenset[int] = attrs.field(
+        default=frozenset({408, 429, 500, 502, 503, 504}), validator=statuses
+    )
+    respect_retry_after: bool = True
+    max_retry_after: float = attrs.field(default=60.0, validator=non_negative)
+    deadline: float | None = attrs.field(default=None, validator=optional_positive)
+    budget_capacity: float | None = attrs.field(default=20.0, validator=optional_positive)
+    budget_refund: float = attrs.field(default=1.0, validator=non_negative)
+
+    @max_attempts.validator
+    def _check_attempts(self, _attribute: attrs.Attribute[int], value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"max_attempts must be an int >= 1, got {value!r}")
+
+    @jitter.validator
+    def _check_jitter(self, _attribute: attrs.Attribute[str], value: str) -> None:
+        if value not in _JITTERS:
+            raise ValueError(f"jitter must be one of {', '.join(_JITTERS)}; got {value!r}")
+
+
+DEFAULT_RETRY_POLICY = RetryPolicy()
+
 
 #: Methods API.md defines as idempotent by meaning: safe to resend after a lost response.
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "PATCH"})

@@ -1,6 +1,6 @@
 """The outbox's SQLite file: opening, schema migrations, corruption, locking and fork safety.
 
-This module knows nothing of entries' meaning (that is :mod:`chatsdk._outbox`); it hands out
+This module knows nothing of entries' meaning (that is :mod:`chatsdk._outbox.outbox`); it hands out
 the process's one connection behind a lock and runs work on it:
 
 - the file and its ``-wal``/``-shm`` are created mode 0600 (SQLite gives the side files the
@@ -28,7 +28,7 @@ import weakref
 from collections.abc import Callable
 from typing import Literal, NoReturn, TypeVar
 
-from chatsdk._exceptions import OutboxCorruptError, OutboxError
+from chatsdk._errors import OutboxCorruptError, OutboxError
 
 __all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "Database", "Durability"]
 

@@ -1,6 +1,6 @@
 """The outbox's background delivery loop: one daemon thread plus a small worker pool.
 
-The loop claims due channel heads from the :class:`~chatsdk._outbox.Outbox` (so channels
+The loop claims due channel heads from the :class:`~chatsdk._outbox.outbox.Outbox` (so channels
 drain in parallel and each channel in order) and hands them to worker threads, which call
 ``deliver(operation)`` and record the outcome:
 
@@ -38,9 +38,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from chatsdk._breaker import CircuitState
-from chatsdk._config import DEFAULT_RETRY_POLICY, RetryPolicy
-from chatsdk._exceptions import (
+from chatsdk._errors import (
     APIError,
     ChatSDKError,
     CircuitBreakerOpenError,
@@ -49,9 +47,16 @@ from chatsdk._exceptions import (
     OutboxError,
     UnauthorizedError,
 )
-from chatsdk._outbox import Follow, Outbox
-from chatsdk._outbox_models import Operation, OutboxEntry
-from chatsdk._retry import backoff_for, retry_after_of, should_retry
+from chatsdk._http.retry import (
+    DEFAULT_RETRY_POLICY,
+    RetryPolicy,
+    backoff_for,
+    retry_after_of,
+    should_retry,
+)
+from chatsdk._outbox.models import Operation, OutboxEntry
+from chatsdk._outbox.outbox import Follow, Outbox
+from chatsdk._resilience.breaker import CircuitState
 
 __all__ = ["PERMANENT_STATUSES", "STREAK", "Drainer", "is_permanent"]
 
@@ -300,7 +305,7 @@ class Drainer:
         """Deliver one claimed entry and record the outcome in the outbox.
 
         With ``follow``, a ``sent`` or ``failed`` outcome's transaction also claims the next
-        entry (see :data:`chatsdk._outbox.Follow`), which is returned for this worker to
+        entry (see :data:`chatsdk._outbox.outbox.Follow`), which is returned for this worker to
         deliver next; None when nothing was claimed.
         """
         op = entry.operation

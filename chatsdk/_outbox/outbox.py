@@ -11,8 +11,8 @@ Claims are atomic across processes (``BEGIN IMMEDIATE``) and carry a lease (owne
 expiry): an entry whose owner died is taken over when the lease runs out, or at once when
 the owner was a process on this host that no longer exists, and resent with the same key.
 A channel's next entry is never claimable before the previous one left ``queued``/``sending``.
-The background delivery loop lives in :mod:`chatsdk._drainer`; the SQL statements in
-:mod:`chatsdk._outbox_sql`.
+The background delivery loop lives in :mod:`chatsdk._outbox.drainer`; the SQL statements in
+:mod:`chatsdk._outbox.sql`.
 """
 
 from __future__ import annotations
@@ -26,11 +26,10 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
-from chatsdk import _outbox_sql as sql
-from chatsdk._exceptions import OutboxError, WaitTimeoutError
+from chatsdk._errors import OutboxError, WaitTimeoutError
 from chatsdk._models import Message, Reaction
-from chatsdk._outbox_db import Database, Durability
-from chatsdk._outbox_models import (
+from chatsdk._outbox import sql
+from chatsdk._outbox.models import (
     Kind,
     Operation,
     OutboxEntry,
@@ -39,6 +38,7 @@ from chatsdk._outbox_models import (
     entry_from_row,
     error_record,
 )
+from chatsdk._outbox.sqlite import Database, Durability
 
 __all__ = ["Durability", "Follow", "Operation", "Outbox", "OutboxEntry", "OutboxStats"]
 

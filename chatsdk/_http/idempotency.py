@@ -23,7 +23,7 @@ from typing import Any, Protocol, TypeVar
 
 import attrs
 
-from chatsdk._exceptions import ConfigurationError, IdempotencyKeyReusedError
+from chatsdk._errors import ConfigurationError, IdempotencyKeyReusedError
 
 __all__ = ["Deduplicator", "idempotency_key_for", "new_idempotency_key"]
 

@@ -11,7 +11,7 @@ same ``(connect, read)`` timeout; they differ only in what happens when an attem
   (one ``Idempotency-Key`` per operation), optionally with the circuit breaker off;
 - :class:`OutboxArm`: :meth:`chatsdk.ChatClient.queue_message`, then ``flush``.
 
-Each arm calls :meth:`~chatsdk._drill._measure.ArmRecorder.attempt` for every HTTP send and
+Each arm calls :meth:`~chatsdk.cli._drill._measure.ArmRecorder.attempt` for every HTTP send and
 reports its retry waits to the recorder.
 """
 
@@ -30,9 +30,9 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from chatsdk._client import ChatClient
-from chatsdk._drill._measure import ArmRecorder, count_attempts
-from chatsdk._exceptions import ChatSDKError
-from chatsdk._session import ChatSession
+from chatsdk._errors import ChatSDKError
+from chatsdk._http.session import ChatSession
+from chatsdk.cli._drill._measure import ArmRecorder, count_attempts
 
 __all__ = [
     "Arm",

@@ -24,8 +24,8 @@ from typing import Any
 
 import attrs
 
-from chatsdk._exceptions import RealtimeError
-from chatsdk._protocol import RawPublication, ReplyError, SubscribeResult
+from chatsdk._errors import RealtimeError
+from chatsdk._realtime.protocol import RawPublication, ReplyError, SubscribeResult
 
 log = logging.getLogger(__name__)
 

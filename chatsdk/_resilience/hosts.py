@@ -11,17 +11,34 @@ import functools
 import threading
 import time
 from collections.abc import Callable
+from typing import Protocol
 from urllib.parse import urlsplit
 
 import attrs
 
-from chatsdk._breaker import BoundedRegistry, BreakerSnapshot, CircuitBreaker, CircuitState
-from chatsdk._budget import RetryBudget
-from chatsdk._config import BreakerPolicy, RetryPolicy
+from chatsdk._resilience.breaker import (
+    BoundedRegistry,
+    BreakerPolicy,
+    BreakerSnapshot,
+    CircuitBreaker,
+    CircuitState,
+)
+from chatsdk._resilience.budget import RetryBudget
 
 __all__ = ["Host", "HostState", "host_of"]
 
 Listener = Callable[[CircuitBreaker, CircuitState, CircuitState], None]
+
+
+class BudgetSizing(Protocol):
+    """What sizes a retry budget (``RetryPolicy`` has both fields)."""
+
+    @property
+    def budget_capacity(self) -> float | None: ...
+
+    @property
+    def budget_refund(self) -> float: ...
+
 
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 
@@ -62,7 +79,7 @@ class HostState:
     def __init__(
         self,
         breaker: BreakerPolicy | None,
-        retry: RetryPolicy,
+        retry: BudgetSizing,
         *,
         clock: Callable[[], float] = time.monotonic,
         max_hosts: int = 256,

@@ -1,11 +1,11 @@
-"""The outbox's SQL: every statement :mod:`chatsdk._outbox` runs, and row positions.
+"""The outbox's SQL: every statement :mod:`chatsdk._outbox.outbox` runs, and row positions.
 
 Statements are built from the constants here only; values always go in as parameters.
 """
 
 from __future__ import annotations
 
-from chatsdk._outbox_models import COLUMNS
+from chatsdk._outbox.models import COLUMNS
 
 __all__ = [
     "ACK",
@@ -83,7 +83,7 @@ ACK = (
     " lease_expires_at = NULL WHERE id = ? AND status != 'sent'"
 )
 # Outcomes apply only while the claim is still ours (the WHERE of the next three: a
-# takeover bumps attempts); see _fence() in chatsdk._outbox.
+# takeover bumps attempts); see _fence() in chatsdk._outbox.outbox.
 RESCHEDULE = (
     "UPDATE entries SET status = 'queued', next_attempt_at = ?, lease_owner = NULL,"
     " lease_expires_at = NULL, last_error = ?, error = ?"

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import attrs
 
-from chatsdk._drill._arms import (
+from chatsdk.cli._drill._arms import (
     Arm,
     ChatsdkArm,
     ChatsdkNoBreakerArm,
@@ -49,11 +49,11 @@ from chatsdk._drill._arms import (
     Timeout,
     Urllib3Arm,
 )
-from chatsdk._drill._grades import grade
-from chatsdk._drill._measure import ArmRecorder, OpRecord, mean, percentile
-from chatsdk._drill._progress import ProgressBar
-from chatsdk._drill._realtime_arm import RealtimeArm
-from chatsdk._drill._report import ArmResult, DrillReport, OutageFigures
+from chatsdk.cli._drill._grades import grade
+from chatsdk.cli._drill._measure import ArmRecorder, OpRecord, mean, percentile
+from chatsdk.cli._drill._progress import ProgressBar
+from chatsdk.cli._drill._realtime_arm import RealtimeArm
+from chatsdk.cli._drill._report import ArmResult, DrillReport, OutageFigures
 
 if TYPE_CHECKING:
     from chatsdk.testing import FaultPlan, ReferenceServer
@@ -92,7 +92,7 @@ class DrillConfig:
         rate: operations started per second per arm (an open-loop caller that does not
             speed up when calls fail fast), or None for as fast as the threads go.
         drain_timeout: how long the outbox arm's ``flush`` may take.
-        realtime: add the realtime arm (see :mod:`chatsdk._drill._realtime_arm`) to the
+        realtime: add the realtime arm (see :mod:`chatsdk.cli._drill._realtime_arm`) to the
             ``send`` scenario when the SDK has ``ChatClient.realtime()``.
     """
 

@@ -320,7 +320,7 @@ def error_for_response(response: requests.Response) -> APIError:
         cls = ServerError if status >= 500 else APIError
     exc = cls(status, code, message, body=body, response=response, request=response.request)
     if isinstance(exc, RateLimitedError):
-        from chatsdk._retry import parse_retry_after  # noqa: PLC0415 - avoids an import cycle
+        from chatsdk._http.retry import parse_retry_after  # noqa: PLC0415 - avoids an import cycle
 
         exc.retry_after = parse_retry_after(response.headers.get("Retry-After"))
     return exc

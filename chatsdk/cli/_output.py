@@ -1,8 +1,4 @@
-"""The ``chatsdk`` subcommands: one module each, each with ``add_parser(subparsers)``.
-
-``add_parser`` adds the subcommand's parser and sets its ``func`` default to a callable
-taking the parsed :class:`argparse.Namespace` and returning the exit status.
-"""
+"""Output for the user: the one place the command line writes to stdout and stderr."""
 
 from __future__ import annotations
 

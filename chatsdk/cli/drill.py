@@ -1,7 +1,7 @@
 """``chatsdk drill``: the resilience report card, every way of sending side by side.
 
-See :mod:`chatsdk._drill._runner` for the workload and scenarios,
-:mod:`chatsdk._drill._grades` for the grade rules.
+See :mod:`chatsdk.cli._drill._runner` for the workload and scenarios,
+:mod:`chatsdk.cli._drill._grades` for the grade rules.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from chatsdk._commands import echo
+from chatsdk.cli._output import echo
 
 __all__ = ["add_parser", "run"]
 
@@ -149,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as exc:
         echo(f"chatsdk drill: {exc}", err=True)
         return 2
-    from chatsdk._drill import DrillConfig, ProgressBar, render_table, run_drill  # noqa: PLC0415
+    from chatsdk.cli._drill import DrillConfig, ProgressBar, render_table, run_drill  # noqa: PLC0415
 
     config = DrillConfig(
         messages=args.messages,

@@ -14,11 +14,11 @@ import requests
 from requests.sessions import merge_setting
 from requests.utils import get_environ_proxies
 
-from chatsdk._adapter import ResilientAdapter
-from chatsdk._breaker import BreakerSnapshot, CircuitBreaker, CircuitState
-from chatsdk._config import BreakerPolicy, RetryPolicy
-from chatsdk._exceptions import CircuitBreakerOpenError, ConfigurationError
-from chatsdk._hosts import Listener, host_of
+from chatsdk._errors import CircuitBreakerOpenError, ConfigurationError
+from chatsdk._http.adapter import ResilientAdapter
+from chatsdk._http.retry import RetryPolicy
+from chatsdk._resilience.breaker import BreakerPolicy, BreakerSnapshot, CircuitBreaker, CircuitState
+from chatsdk._resilience.hosts import Listener, host_of
 from chatsdk._version import __version__
 
 __all__ = ["DEFAULT_TIMEOUT", "ChatSession"]

@@ -14,7 +14,7 @@ from typing import Union
 import attrs
 
 from chatsdk._models import Message, Reaction
-from chatsdk._subscription import Publication
+from chatsdk._realtime.subscription import Publication
 
 log = logging.getLogger(__name__)
 

@@ -19,9 +19,9 @@ from typing import Any, Protocol
 
 import attrs
 
-from chatsdk._dispatch import Dispatcher
-from chatsdk._exceptions import RealtimeError
-from chatsdk._protocol import (
+from chatsdk._errors import RealtimeError
+from chatsdk._realtime.dispatch import Dispatcher
+from chatsdk._realtime.protocol import (
     Item,
     OtherPush,
     Ping,
@@ -36,7 +36,7 @@ from chatsdk._protocol import (
     parse_refresh_result,
     parse_subscribe_result,
 )
-from chatsdk._subscription import Step, Subscription, SubscriptionState
+from chatsdk._realtime.subscription import Step, Subscription, SubscriptionState
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,9 @@ Subcommands:
 - ``chatsdk drill``: the resilience drill, every way of sending side by side on a bad network;
 - ``chatsdk outbox``: inspect, retry, purge and drain an outbox file;
 
-Each lives in its own module under :mod:`chatsdk._commands` with ``add_parser(subparsers)``.
+Each lives in its own module under :mod:`chatsdk.cli` with ``add_parser(subparsers)``, which
+adds the subcommand's parser and sets its ``func`` default to a callable taking the parsed
+:class:`argparse.Namespace` and returning the exit status.
 This is the only part of chatsdk that prints; everything else logs.
 """
 
@@ -17,8 +19,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from chatsdk._commands import drill, outbox, serve
 from chatsdk._version import __version__
+from chatsdk.cli import drill, outbox, serve
 
 __all__ = ["build_parser", "main"]
 

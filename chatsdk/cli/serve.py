@@ -6,7 +6,7 @@ import argparse
 import threading
 from typing import Any
 
-from chatsdk._commands import echo
+from chatsdk.cli._output import echo
 
 __all__ = ["add_parser", "run"]
 

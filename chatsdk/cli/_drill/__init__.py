@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from chatsdk._drill._grades import GRADES, grade
-from chatsdk._drill._progress import ProgressBar
-from chatsdk._drill._report import ArmResult, DrillReport, OutageFigures, render_table
-from chatsdk._drill._runner import SCENARIOS, DrillConfig, run_drill
+from chatsdk.cli._drill._grades import GRADES, grade
+from chatsdk.cli._drill._progress import ProgressBar
+from chatsdk.cli._drill._report import ArmResult, DrillReport, OutageFigures, render_table
+from chatsdk.cli._drill._runner import SCENARIOS, DrillConfig, run_drill
 
 __all__ = [
     "GRADES",

@@ -33,11 +33,12 @@ from typing import Any, Generic, TypeVar
 
 import attrs
 
-from chatsdk._config import BreakerPolicy
-from chatsdk._exceptions import CircuitBreakerOpenError
+from chatsdk._errors import CircuitBreakerOpenError
+from chatsdk._validation import non_negative, positive
 
 __all__ = [
     "BoundedRegistry",
+    "BreakerPolicy",
     "BreakerSnapshot",
     "CircuitBreaker",
     "CircuitState",
@@ -52,6 +53,49 @@ R = TypeVar("R")
 Clock = Callable[[], float]
 Listener = Callable[["CircuitBreaker", "CircuitState", "CircuitState"], None]
 _Change = tuple["CircuitState", "CircuitState"]
+
+
+@attrs.frozen(kw_only=True)
+class BreakerPolicy:
+    """When a host's circuit opens and how it recovers (see :class:`chatsdk.CircuitBreaker`).
+
+    Attributes:
+        failure_threshold: failures in the window needed to open.
+        failure_rate: share of failures among the window's outcomes needed to open.
+        window: seconds an outcome stays in the window.
+        window_size: at most this many recent outcomes are considered.
+        recovery_timeout: seconds OPEN before probes are let through.
+        success_threshold: consecutive probe successes that close the circuit.
+        half_open_max_calls: probes allowed at once while HALF_OPEN.
+    """
+
+    failure_threshold: int = attrs.field(default=5)
+    failure_rate: float = attrs.field(default=0.9)
+    window: float = attrs.field(default=120.0, validator=positive)
+    window_size: int = attrs.field(default=20)
+    recovery_timeout: float = attrs.field(default=60.0, validator=non_negative)
+    success_threshold: int = attrs.field(default=2)
+    half_open_max_calls: int = attrs.field(default=1)
+
+    @failure_threshold.validator
+    @window_size.validator
+    @success_threshold.validator
+    @half_open_max_calls.validator
+    def _check_count(self, attribute: attrs.Attribute[int], value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{attribute.name} must be an int >= 1, got {value!r}")
+
+    @failure_rate.validator
+    def _check_rate(self, _attribute: attrs.Attribute[float], value: float) -> None:
+        if not 0 < value <= 1:
+            raise ValueError(f"failure_rate must be in (0, 1], got {value!r}")
+
+    def __attrs_post_init__(self) -> None:
+        if self.failure_threshold > self.window_size:
+            raise ValueError(
+                f"failure_threshold ({self.failure_threshold}) cannot exceed "
+                f"window_size ({self.window_size})"
+            )
 
 
 class CircuitState(enum.Enum):

@@ -5,8 +5,9 @@ Threads:
 - the *socket thread* owns the reconnect loop and, for each attempt, one
   ``websocket.WebSocket`` that it reads itself (so it sees the Close frame's code, answers
   pings at once and is the only reader of a connection); the protocol session of each
-  connection lives in :mod:`chatsdk._connection`;
-- the *dispatch thread* (:mod:`chatsdk._dispatch`) runs every application callback, in order;
+  connection lives in :mod:`chatsdk._realtime.connection`;
+- the *dispatch thread* (:mod:`chatsdk._realtime.dispatch`) runs every application callback,
+  in order;
 - short-lived *refresh threads* fetch a new token before the connection's ``ttl`` ends, so a
   slow token endpoint never delays the reader.
 
@@ -37,17 +38,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import websocket
 
-from chatsdk._connection import (
-    CODE_TOKEN_ERROR,
-    Connection,
-    Counters,
-    Outcome,
-    RealtimeStats,
-    Session,
-    reconnect_delay,
-)
-from chatsdk._dispatch import Dispatcher
-from chatsdk._exceptions import (
+from chatsdk._errors import (
     CircuitBreakerOpenError,
     ConfigurationError,
     ForbiddenError,
@@ -56,7 +47,17 @@ from chatsdk._exceptions import (
     UnauthorizedError,
     ValidationError,
 )
-from chatsdk._subscription import (
+from chatsdk._realtime.connection import (
+    CODE_TOKEN_ERROR,
+    Connection,
+    Counters,
+    Outcome,
+    RealtimeStats,
+    Session,
+    reconnect_delay,
+)
+from chatsdk._realtime.dispatch import Dispatcher
+from chatsdk._realtime.subscription import (
     PublicationCallback,
     RecoveryFailedCallback,
     StreamPosition,
@@ -66,7 +67,7 @@ from chatsdk._subscription import (
 from chatsdk._version import __version__
 
 if TYPE_CHECKING:
-    from chatsdk._events import ChatEvent
+    from chatsdk._realtime.events import ChatEvent
 
 log = logging.getLogger(__name__)
 
@@ -406,7 +407,7 @@ class RealtimeClient:
         ``on_event`` receives a :class:`MessageEvent` or :class:`ReactionEvent` per
         publication (data that is not a chat event is logged and skipped).
         """
-        from chatsdk._events import event_handler  # noqa: PLC0415 - models load lazily
+        from chatsdk._realtime.events import event_handler  # noqa: PLC0415 - models load lazily
 
         return self.subscribe(
             f"chat:{channel_id}",

@@ -1,0 +1,1 @@
+"""The request path: ChatSession, ResilientAdapter, the retry policy, deduplication."""

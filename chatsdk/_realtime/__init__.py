@@ -1,0 +1,1 @@
+"""The realtime client: Centrifugo protocol over websocket-client, reconnects and recovery."""

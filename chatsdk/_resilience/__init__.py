@@ -1,0 +1,1 @@
+"""Per-host resilience: circuit breakers, retry budgets and the bounded per-host registry."""
