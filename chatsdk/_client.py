@@ -16,12 +16,11 @@ from chatsdk._errors import (
     ChatSDKError,
     ConfigurationError,
     InvalidResponseError,
-    error_for_response,
     excerpt,
 )
 from chatsdk._http.adapter import attempts_of
 from chatsdk._http.idempotency import Deduplicator, new_idempotency_key
-from chatsdk._http.retry import RetryPolicy
+from chatsdk._http.retry import RetryPolicy, error_for_response
 from chatsdk._http.session import ChatSession
 from chatsdk._models import Attachment, Message, Reaction
 from chatsdk._outbox.drainer import Drainer

@@ -1,4 +1,4 @@
-"""The chatsdk error tree, and the one place transport errors are mapped.
+"""The chatsdk error tree, and the one place responses and transport errors are decoded.
 
 ::
 
@@ -9,7 +9,8 @@
      |    +-- ConnectError (requests.ConnectionError)    refused, reset, DNS
      |    |    +-- ConnectTimeoutError (also TransportTimeoutError, requests.ConnectTimeout)
      |    +-- TransportTimeoutError (requests.Timeout)   read timeout
-     +-- CircuitBreakerOpenError (requests.ConnectionError)  host known bad, nothing sent
+     |    +-- TLSCertificateError (requests.exceptions.SSLError)  certificate not trusted
+     |    +-- CircuitBreakerOpenError (requests.ConnectionError)  host known bad, nothing sent
      +-- APIError (requests.HTTPError)            the server answered 4xx/5xx, or bad JSON
      |    +-- BadRequestError            400
      |    +-- UnauthorizedError          401
@@ -21,7 +22,7 @@
      |    +-- PayloadTooLargeError       413
      |    +-- UnprocessableEntityError   422
      |    |    +-- IdempotencyKeyReusedError  422 idempotency_key_reused
-     |    +-- RateLimitedError           429 (.retry_after)
+     |    +-- RateLimitedError           429
      |    +-- ServerError                5xx
      |    +-- InvalidResponseError       2xx whose body is not the promised JSON
      +-- OutboxError
@@ -31,12 +32,15 @@
      +-- RealtimeError                   the realtime connection or a subscription failed
 
 Every error raised after retrying carries ``.attempts`` (HTTP sends made) and, for creates,
-``.idempotency_key``.
+``.idempotency_key``; every :class:`APIError` carries ``.retry_after`` (None when the server
+did not say). Which class a status maps to, and whether it is retried, is decided by the
+classification table in :mod:`chatsdk._http.retry`; this module decodes the bodies.
 """
 
 from __future__ import annotations
 
 import socket
+import ssl
 from typing import Any
 
 import requests
@@ -64,6 +68,7 @@ __all__ = [
     "RealtimeError",
     "RequestTimeoutError",
     "ServerError",
+    "TLSCertificateError",
     "TransportError",
     "TransportTimeoutError",
     "UnauthorizedError",
@@ -131,13 +136,24 @@ class ConnectTimeoutError(ConnectError, TransportTimeoutError, requests.ConnectT
     request_sent = False
 
 
-class CircuitBreakerOpenError(ChatSDKError, requests.ConnectionError):
+class TLSCertificateError(TransportError, requests.exceptions.SSLError):
+    """The server's TLS certificate was not trusted (or did not match its name).
+
+    Not transient: it is not retried and does not count against the host's breaker.
+    """
+
+    request_sent = False
+
+
+class CircuitBreakerOpenError(TransportError, requests.ConnectionError):
     """The host's circuit is open: the call failed fast and nothing was sent.
 
     Attributes:
         name: the breaker's name (``rest:http://host:port``).
         retry_after: seconds until the breaker lets a probe through.
     """
+
+    request_sent = False
 
     def __init__(self, name: str, retry_after: float, **kwargs: Any) -> None:
         super().__init__(
@@ -155,7 +171,10 @@ class APIError(ChatSDKError, requests.HTTPError):
         code: the ``error.code`` of the body (``None`` when the body had none).
         message: the ``error.message`` of the body, or a short excerpt of a foreign body.
         body: the decoded JSON body, or the raw text when it was not JSON.
+        retry_after: seconds the server asked to wait (``Retry-After``), or None.
     """
+
+    retry_after: float | None = None
 
     def __init__(
         self,
@@ -216,13 +235,7 @@ class IdempotencyKeyReusedError(UnprocessableEntityError):
 
 
 class RateLimitedError(APIError):
-    """429: slow down.
-
-    Attributes:
-        retry_after: seconds the server asked to wait, when it said.
-    """
-
-    retry_after: float | None = None
+    """429: slow down (``retry_after`` says for how long, when the server said)."""
 
 
 class ServerError(APIError):
@@ -271,39 +284,21 @@ class RealtimeError(ChatSDKError):
         self.code = code
 
 
-_STATUS_ERRORS: dict[int, type[APIError]] = {
-    400: BadRequestError,
-    401: UnauthorizedError,
-    403: ForbiddenError,
-    404: NotFoundError,
-    408: RequestTimeoutError,
-    409: ConflictError,
-    413: PayloadTooLargeError,
-    422: UnprocessableEntityError,
-    429: RateLimitedError,
-}
-_CODE_ERRORS: dict[str, type[APIError]] = {
-    "idempotency_key_in_use": IdempotencyKeyInUseError,
-    "idempotency_key_reused": IdempotencyKeyReusedError,
-}
-
-
 def excerpt(text: str) -> str:
     """A short, single-line excerpt of a foreign body for an error message."""
-    flat = " ".join(text.split())
+    # Slice before splitting: the body may be megabytes long.
+    flat = " ".join(text[: _EXCERPT_CHARS * 4].split())
     if len(flat) > _EXCERPT_CHARS:
         return flat[:_EXCERPT_CHARS] + "..."
     return flat or "(empty body)"
 
 
-def error_for_response(response: requests.Response) -> APIError:
-    """Build the :class:`APIError` subclass matching an error response.
+def error_fields(response: requests.Response) -> tuple[str | None, str, Any]:
+    """``(code, message, body)`` of an error response.
 
     Copes with bodies that are not the contract's JSON (a proxy's HTML page, an empty or
-    truncated body): the message then names the status and a short excerpt.
+    truncated body): the message then names a short excerpt and ``code`` is None.
     """
-    status = response.status_code
-    code: str | None = None
     body: Any
     try:
         body = response.json()
@@ -311,29 +306,30 @@ def error_for_response(response: requests.Response) -> APIError:
         body = response.text
     error = body.get("error") if isinstance(body, dict) else None
     if isinstance(error, dict) and isinstance(error.get("code"), str):
-        code = error["code"]
-        message = str(error.get("message") or "")
-    else:
-        message = f"unexpected body from the server: {excerpt(response.text)}"
-    cls = _CODE_ERRORS.get(code or "") or _STATUS_ERRORS.get(status)
-    if cls is None:
-        cls = ServerError if status >= 500 else APIError
-    exc = cls(status, code, message, body=body, response=response, request=response.request)
-    if isinstance(exc, RateLimitedError):
-        from chatsdk._http.retry import parse_retry_after  # noqa: PLC0415 - avoids an import cycle
-
-        exc.retry_after = parse_retry_after(response.headers.get("Retry-After"))
-    return exc
+        return error["code"], str(error.get("message") or ""), body
+    return None, f"unexpected body from the server: {excerpt(response.text)}", body
 
 
-def map_transport_error(exc: BaseException, request: Any = None) -> TransportError:
+def map_transport_error(exc: BaseException, request: Any = None) -> ChatSDKError:
     """Map a requests/urllib3/socket failure to the chatsdk tree; the caller sets ``__cause__``.
 
-    The one place transport errors are mapped. Refused connections are tested before
-    timeouts because urllib3 2.x makes ``NewConnectionError`` a ``ConnectTimeoutError``.
+    The one place transport errors are mapped:
+
+    - local configuration that can never work (a CA bundle or client certificate path that
+      does not exist, an unreadable certificate, a malformed or unsupported proxy URL):
+      :class:`ConfigurationError`;
+    - a server certificate that is not trusted: :class:`TLSCertificateError`;
+    - refused connections and DNS failures: :class:`ConnectError` with ``request_sent``
+      False (tested before timeouts: urllib3 2.x makes ``NewConnectionError`` a
+      ``ConnectTimeoutError``); connect and read timeouts; anything else: ``ConnectError``.
     """
-    if isinstance(exc, TransportError):
+    if isinstance(exc, ChatSDKError):
         return exc
+    text = f"{type(exc).__name__}: {exc}"
+    if _is_local_configuration(exc):
+        return ConfigurationError(f"the HTTP client configuration cannot work: {text}")
+    if _in_chain(exc, (ssl.SSLCertVerificationError,)):
+        return TLSCertificateError(text, request=request)
     cls: type[TransportError]
     refused = _is_refused(exc)
     if refused:
@@ -344,27 +340,43 @@ def map_transport_error(exc: BaseException, request: Any = None) -> TransportErr
         cls = TransportTimeoutError
     else:
         cls = ConnectError
-    mapped = cls(f"{type(exc).__name__}: {exc}", request=request)
+    mapped = cls(text, request=request)
     if refused:
         mapped.request_sent = False
     return mapped
 
 
-def _is_refused(exc: BaseException) -> bool:
-    """True when the failure happened before a connection existed (refused, DNS)."""
+_CONFIGURATION_ERRORS = (
+    requests.exceptions.InvalidURL,  # InvalidProxyURL, and a proxy scheme urllib3 rejects
+    requests.exceptions.InvalidSchema,  # e.g. a socks:// proxy without PySocks
+    urllib3.exceptions.ProxySchemeUnknown,
+    urllib3.exceptions.ProxySchemeUnsupported,
+)
+
+
+def _is_local_configuration(exc: BaseException) -> bool:
+    # requests raises a bare OSError (no errno) for a CA bundle or certificate path that does
+    # not exist, before any connection; socket errors always carry an errno.
+    if type(exc) is OSError and exc.errno is None:
+        return True
+    if _in_chain(exc, _CONFIGURATION_ERRORS) is not None:
+        return True
+    # A certificate or CA file that exists but cannot be loaded: OpenSSL reports the X509 or
+    # PEM library (load_verify_locations) or "PEM lib" (load_cert_chain).
+    bad_file = _in_chain(exc, (ssl.SSLError,))
+    if not isinstance(bad_file, ssl.SSLError):
+        return False
+    return bad_file.library in ("PEM", "X509") or "PEM lib" in str(bad_file)
+
+
+def _in_chain(exc: BaseException, types: tuple[type[BaseException], ...]) -> BaseException | None:
+    """The first exception of ``types`` in ``exc``'s chain (reasons, args, causes)."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(
-            current,
-            (
-                urllib3.exceptions.NewConnectionError,
-                urllib3.exceptions.NameResolutionError,
-                ConnectionRefusedError,
-            ),
-        ):
-            return True
+        if isinstance(current, types):
+            return current
         nested = current.args[0] if current.args else None
         reason = getattr(current, "reason", None)
         current = (
@@ -372,4 +384,14 @@ def _is_refused(exc: BaseException) -> bool:
             if isinstance(reason, BaseException)
             else (nested if isinstance(nested, BaseException) else current.__cause__)
         )
-    return False
+    return None
+
+
+def _is_refused(exc: BaseException) -> bool:
+    """True when the failure happened before a connection existed (refused, DNS)."""
+    refused = (
+        urllib3.exceptions.NewConnectionError,
+        urllib3.exceptions.NameResolutionError,
+        ConnectionRefusedError,
+    )
+    return _in_chain(exc, refused) is not None

@@ -1,11 +1,14 @@
-"""ResilientAdapter: one tenacity retry loop around ``HTTPAdapter.send``.
+"""ResilientAdapter: the request path, one straight retry loop around ``HTTPAdapter.send``.
 
-Each attempt reads the body inside the loop (when not streaming), so a reset while reading is
-an attempt failure like any other. urllib3's own retries stay off: this loop is the only one.
+For each attempt: take a breaker permit, send, read the body (when not streaming, so a reset
+while reading is an attempt failure like any other), let :func:`~chatsdk._http.retry.classify`
+judge the outcome, report it to the breaker; then either finish or wait and go again.
+urllib3's own retries stay off: this loop is the only one.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 import time
@@ -14,44 +17,33 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import requests
-import tenacity
 import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from chatsdk._errors import (
-    ChatSDKError,
-    CircuitBreakerOpenError,
-    TransportError,
-    error_for_response,
-    map_transport_error,
-)
+from chatsdk._errors import ChatSDKError, CircuitBreakerOpenError, map_transport_error
 from chatsdk._http.retry import (
     DEFAULT_RETRY_POLICY,
-    IDEMPOTENT_METHODS,
     RetryPolicy,
+    Verdict,
     backoff_for,
-    is_retryable_status,
+    classify,
+    error_for_response,
     parse_retry_after,
-    should_retry,
 )
 from chatsdk._resilience.breaker import BreakerPolicy, CircuitBreaker, CircuitState, Permit
-from chatsdk._resilience.budget import RetryBudget
 from chatsdk._resilience.hosts import HostState, host_of
 
 __all__ = ["ResilientAdapter", "attempts_of"]
 
 log = logging.getLogger("chatsdk")
 
-#: Statuses that mean "refused before processing": safe to resend even without a key.
-_NOT_PROCESSED = frozenset({429, 503})
-
-#: Statuses that count as the host failing, for its circuit breaker (429 counts as neither).
-_HOST_FAILURES = frozenset({408, 500, 502, 503, 504})
-
 _TRANSPORT_ERRORS = (requests.RequestException, urllib3.exceptions.HTTPError, OSError)
 
 TimeoutArg = float | tuple[float | None, float | None] | None
+Outcome = requests.Response | ChatSDKError
+
+_OPERATION_TOKENS = itertools.count()
 
 
 def attempts_of(response: requests.Response) -> int:
@@ -124,226 +116,164 @@ class ResilientAdapter(HTTPAdapter):
         instead of waiting through the remaining attempts.
         """
         options = {"stream": stream, "verify": verify, "cert": cert, "proxies": proxies}
-        op = _Operation(self, request, timeout, options)
+        state = _RetryState(self, request)
+        while True:
+            outcome = self._attempt(state, timeout, options)
+            verdict = classify(outcome, self.retry, method=state.method, idempotency_key=state.key)
+            delay = self._next_delay(state, outcome, verdict)
+            if delay is None:
+                return state.finish(outcome)
+            if state.breaker is not None and state.breaker.state is CircuitState.OPEN:
+                # Sleeping through the remaining attempts would only delay the same answer.
+                error = CircuitBreakerOpenError(state.breaker.name, state.breaker.retry_after)
+                cause = outcome if isinstance(outcome, ChatSDKError) else None
+                if isinstance(outcome, requests.Response):
+                    cause = error_for_response(outcome)
+                    outcome.close()
+                raise state.stamp(error) from cause
+            if state.budget is not None and not state.budget.try_spend():
+                log.info("not retrying %s %s: the retry budget is spent", *state.label)
+                return state.finish(outcome)
+            if isinstance(outcome, requests.Response):
+                outcome.close()
+            log.info(
+                "retrying %s %s: attempt %d failed (%s); next attempt in %.3fs",
+                *state.label,
+                state.attempts,
+                _reason(outcome),
+                delay,
+            )
+            self._sleep(delay)
+
+    def _attempt(self, state: _RetryState, timeout: TimeoutArg, options: dict[str, Any]) -> Outcome:
+        """One HTTP send under a breaker permit; the response or the mapped error."""
         try:
-            response = op.run()
-        except ChatSDKError as exc:
-            final = op.final(exc)
-            if final is exc:
-                raise
-            raise final from exc
-        if op.open_error is not None:
-            response.close()
-            raise op.final(op.open_error) from error_for_response(response)
-        response._chatsdk_attempts = op.attempts  # type: ignore[attr-defined]
-        return response
-
-
-class _Operation:
-    """The state of one logical call: its attempts, key, deadline and next wait."""
-
-    def __init__(
-        self,
-        adapter: ResilientAdapter,
-        request: requests.PreparedRequest,
-        timeout: TimeoutArg,
-        options: dict[str, Any],
-    ) -> None:
-        self.adapter = adapter
-        #: ``HTTPAdapter.send`` arguments other than the request and timeout.
-        self.options = options
-        self.policy = adapter.retry
-        self.request = request
-        self.method = (request.method or "GET").upper()
-        self.key: str | None = request.headers.get("Idempotency-Key")
-        self.safe = self.method in IDEMPOTENT_METHODS or self.key is not None
-        self.timeout = timeout
-        self.started = adapter._clock()
-        self.attempts = 0
-        self.delay = 0.0
-        self.reason = ""
-        host = adapter.hosts.get(f"rest:{host_of(request.url or '')}")
-        self.breaker: CircuitBreaker | None = host.breaker
-        self.budget: RetryBudget | None = host.budget
-        #: set when the loop stopped because the circuit opened with attempts left.
-        self.open_error: CircuitBreakerOpenError | None = None
-        #: the first attempt's outcome, handed to the retry loop as its attempt 1.
-        self._first: requests.Response | ChatSDKError | None = None
-
-    def run(self) -> requests.Response:
-        """Make attempt 1, and enter the tenacity retry loop only if it did not succeed.
-
-        Every retry goes through the one tenacity loop; a first attempt whose status is not
-        retryable ends the operation without building it (the success path is every call's
-        path, and the loop's bookkeeping would be most of the SDK's overhead there).
-        """
-        try:
-            response = self.attempt()
-        except ChatSDKError as exc:
-            self._first = exc
-        else:
-            status = response.status_code
-            if status not in self.policy.retry_statuses and status != 409:
-                return response
-            self._first = response
-        retrying = tenacity.Retrying(
-            retry=self.decide,
-            wait=self.wait,
-            sleep=self.adapter._sleep,
-            before_sleep=self.before_sleep,
-        )
-        result: requests.Response = retrying(self._next)
-        return result
-
-    def _next(self) -> requests.Response:
-        """The loop's attempt: the first outcome once, then real attempts."""
-        first, self._first = self._first, None
-        if first is None:
-            return self.attempt()
-        if isinstance(first, ChatSDKError):
-            raise first
-        return first
-
-    def final(self, error: ChatSDKError) -> ChatSDKError:
-        """Stamp the operation's context on the error it ends with."""
-        chosen = self.open_error or error
-        chosen.attempts = self.attempts
-        chosen.idempotency_key = self.key
-        return chosen
-
-    def attempt(self) -> requests.Response:
-        permit = None if self.breaker is None else self.breaker.acquire()
-        self.attempts += 1
+            permit = None if state.breaker is None else state.breaker.acquire(state.token)
+        except CircuitBreakerOpenError as exc:
+            return exc
+        state.attempts += 1
         try:
             response = HTTPAdapter.send(
-                self.adapter,
-                self.request,
-                timeout=self._attempt_timeout(),  # type: ignore[arg-type]
-                **self.options,
+                self,
+                state.request,
+                timeout=state.attempt_timeout(timeout),  # type: ignore[arg-type]
+                **options,
             )
-            if not self.options["stream"]:
+            if not options["stream"]:
                 # Read here, not in Session.send: a reset mid-body must be a retryable failure.
                 _ = response.content
         except _TRANSPORT_ERRORS as exc:
-            if permit is not None:
-                permit.failure()
-            raise map_transport_error(exc, self.request) from exc
+            mapped = map_transport_error(exc, state.request)
+            mapped.__cause__ = exc
+            self._report(permit, classify(mapped, self.retry), None, state)
+            return mapped
         except BaseException:
             if permit is not None:
                 permit.release()
             raise
-        self._record(permit, response)
+        hold = None
+        if response.status_code == 503:
+            hold = self._hold_for(state, response)
+        self._report(permit, classify(response, self.retry), hold, state)
         return response
 
-    def _record(self, permit: Permit | None, response: requests.Response) -> None:
-        status = response.status_code
-        if status in _HOST_FAILURES:
-            if permit is not None:
-                hold = parse_retry_after(response.headers.get("Retry-After"))
-                permit.failure(hold_open_for=hold if status == 503 else None)
-            return
-        if status == 429:
-            if permit is not None:
-                permit.release()
-            return
-        if permit is not None:
-            permit.success()
-        if self.budget is not None:
-            self.budget.on_success()
+    def _hold_for(self, state: _RetryState, response: requests.Response) -> float | None:
+        """How long a 503's ``Retry-After`` keeps the circuit open, capped (see retry.py)."""
+        wait = parse_retry_after(response.headers.get("Retry-After"))
+        if wait is None or state.breaker is None:
+            return wait
+        return min(wait, max(state.breaker.policy.recovery_timeout, self.retry.max_retry_after))
 
-    def _attempt_timeout(self) -> TimeoutArg:
-        deadline = self.policy.deadline
+    @staticmethod
+    def _report(
+        permit: Permit | None, verdict: Verdict, hold: float | None, state: _RetryState
+    ) -> None:
+        if verdict.breaker == "success" and state.budget is not None:
+            state.budget.on_success()
+        if permit is None:
+            return
+        if verdict.breaker == "failure":
+            permit.failure(hold_open_for=hold)
+        elif verdict.breaker == "success":
+            permit.success()
+        else:
+            permit.release()
+
+    def _next_delay(self, state: _RetryState, outcome: Outcome, verdict: Verdict) -> float | None:
+        """Seconds to wait before the next attempt, or None to finish with ``outcome``."""
+        policy = self.retry
+        if not verdict.retry or state.attempts >= policy.max_attempts:
+            if verdict.error is not None and verdict.processed and not verdict.retry:
+                log.debug("not retrying %s %s: %s", *state.label, _reason(outcome))
+            return None
+        retry_after = None
+        if isinstance(outcome, requests.Response):
+            retry_after = parse_retry_after(outcome.headers.get("Retry-After"))
+            if policy.respect_retry_after and (retry_after or 0) > policy.max_retry_after:
+                log.info(
+                    "not retrying %s %s: Retry-After %.1fs is above max_retry_after",
+                    *state.label,
+                    retry_after,
+                )
+                return None
+        error = outcome if isinstance(outcome, BaseException) else None
+        delay = backoff_for(error, state.attempts - 1, policy, self._rand, retry_after)
+        if policy.deadline is not None and state.elapsed() + delay >= policy.deadline:
+            log.info("not retrying %s %s: the deadline would pass", *state.label)
+            return None
+        return delay
+
+
+class _RetryState:
+    """The state of one operation's attempts: its key, deadline and count."""
+
+    def __init__(self, adapter: ResilientAdapter, request: requests.PreparedRequest) -> None:
+        self.adapter = adapter
+        self.request = request
+        self.method = (request.method or "GET").upper()
+        self.key: str | None = request.headers.get("Idempotency-Key")
+        self.started = adapter._clock()
+        self.attempts = 0
+        #: names the operation to the breaker, which counts failures per operation.
+        self.token = next(_OPERATION_TOKENS)
+        host = adapter.hosts.get(f"rest:{host_of(request.url or '')}")
+        self.breaker: CircuitBreaker | None = host.breaker
+        self.budget = host.budget
+        #: ``(method, path)`` for log lines.
+        self.label = (self.method, urlsplit(request.url or "").path)
+
+    def elapsed(self) -> float:
+        return self.adapter._clock() - self.started
+
+    def attempt_timeout(self, timeout: TimeoutArg) -> TimeoutArg:
+        """The caller's timeout, shortened to what is left of the deadline."""
+        deadline = self.adapter.retry.deadline
         if deadline is None:
-            return self.timeout
-        left = max(0.001, deadline - (self.adapter._clock() - self.started))
-        if isinstance(self.timeout, tuple):
-            connect, read = self.timeout
+            return timeout
+        left = max(0.001, deadline - self.elapsed())
+        if isinstance(timeout, tuple):
+            connect, read = timeout
             return (
                 left if connect is None else min(connect, left),
                 left if read is None else min(read, left),
             )
-        return left if self.timeout is None else min(self.timeout, left)
+        return left if timeout is None else min(timeout, left)
 
-    def decide(self, state: tenacity.RetryCallState) -> bool:
-        """Tenacity's retry predicate: classify the outcome and choose the next wait."""
-        assert state.outcome is not None
-        n = state.attempt_number
-        retry_after: float | None = None
-        if state.outcome.failed:
-            error = state.outcome.exception()
-            assert error is not None
-            if not should_retry(error, n, self.policy):
-                return False
-            if isinstance(error, TransportError) and error.request_sent and not self.safe:
-                log.debug(
-                    "not retrying %s %s: it may have been processed", self.method, self._path()
-                )
-                return False
-            self.reason = type(error).__name__
-        else:
-            response: requests.Response = state.outcome.result()
-            status = response.status_code
-            code = _error_code(response) if status == 409 else None
-            if n >= self.policy.max_attempts or not is_retryable_status(status, code, self.policy):
-                return False
-            if not self.safe and status not in _NOT_PROCESSED:
-                return False
-            retry_after = parse_retry_after(response.headers.get("Retry-After"))
-            if (
-                self.policy.respect_retry_after
-                and retry_after is not None
-                and retry_after > self.policy.max_retry_after
-            ):
-                log.info(
-                    "not retrying %s %s: Retry-After %.1fs is above max_retry_after",
-                    self.method,
-                    self._path(),
-                    retry_after,
-                )
-                return False
-            self.reason = f"HTTP {status}"
-        delay = backoff_for(
-            state.outcome.exception(), n - 1, self.policy, self.adapter._rand, retry_after
-        )
-        deadline = self.policy.deadline
-        if deadline is not None and self.adapter._clock() - self.started + delay >= deadline:
-            log.info("not retrying %s %s: the deadline would pass", self.method, self._path())
-            return False
-        if self.breaker is not None and self.breaker.state is CircuitState.OPEN:
-            # Sleeping through the remaining attempts would only delay the same answer.
-            self.open_error = CircuitBreakerOpenError(self.breaker.name, self.breaker.retry_after)
-            return False
-        if self.budget is not None and not self.budget.try_spend():
-            log.info("not retrying %s %s: the retry budget is spent", self.method, self._path())
-            return False
-        self.delay = delay
-        return True
+    def stamp(self, error: ChatSDKError) -> ChatSDKError:
+        """Put the operation's context on the error it ends with."""
+        error.attempts = self.attempts
+        error.idempotency_key = self.key
+        return error
 
-    def wait(self, _state: tenacity.RetryCallState) -> float:
-        return self.delay
-
-    def before_sleep(self, state: tenacity.RetryCallState) -> None:
-        assert state.outcome is not None
-        if not state.outcome.failed:
-            state.outcome.result().close()
-        log.info(
-            "retrying %s %s: attempt %d failed (%s); next attempt in %.3fs",
-            self.method,
-            self._path(),
-            state.attempt_number,
-            self.reason,
-            self.delay,
-        )
-
-    def _path(self) -> str:
-        return urlsplit(self.request.url or "").path
+    def finish(self, outcome: Outcome) -> requests.Response:
+        """Return the final response, or raise the final error."""
+        if isinstance(outcome, ChatSDKError):
+            raise self.stamp(outcome)
+        outcome._chatsdk_attempts = self.attempts  # type: ignore[attr-defined]
+        return outcome
 
 
-def _error_code(response: requests.Response) -> str | None:
-    try:
-        body = response.json()
-    except ValueError:
-        return None
-    error = body.get("error") if isinstance(body, dict) else None
-    code = error.get("code") if isinstance(error, dict) else None
-    return code if isinstance(code, str) else None
+def _reason(outcome: Outcome) -> str:
+    if isinstance(outcome, requests.Response):
+        return f"HTTP {outcome.status_code}"
+    return type(outcome).__name__

@@ -6,7 +6,7 @@ import os
 import platform
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -176,7 +176,7 @@ class ChatSession(requests.Session):
             return
         error = CircuitBreakerOpenError(breaker.name, breaker.retry_after)
         error.attempts = 0
-        if isinstance(headers, dict):
+        if isinstance(headers, Mapping):
             error.idempotency_key = headers.get("Idempotency-Key")
         raise error
 

@@ -39,11 +39,9 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from chatsdk._errors import (
-    APIError,
     ChatSDKError,
     CircuitBreakerOpenError,
     ForbiddenError,
-    InvalidResponseError,
     OutboxError,
     UnauthorizedError,
 )
@@ -51,19 +49,17 @@ from chatsdk._http.retry import (
     DEFAULT_RETRY_POLICY,
     RetryPolicy,
     backoff_for,
+    classify,
     retry_after_of,
-    should_retry,
 )
 from chatsdk._outbox.models import Operation, OutboxEntry
 from chatsdk._outbox.outbox import Follow, Outbox
 from chatsdk._resilience.breaker import CircuitState
 
-__all__ = ["PERMANENT_STATUSES", "STREAK", "Drainer", "is_permanent"]
+__all__ = ["STREAK", "Drainer", "is_permanent"]
 
 log = logging.getLogger(__name__)
 
-#: Statuses that condemn the message itself: the entry is failed and its channel moves on.
-PERMANENT_STATUSES = frozenset({400, 404, 413, 422})
 #: Entries a worker delivers from one channel in a row before it takes the most overdue head.
 STREAK = 32
 _SWEEP_EVERY = 60.0  # seconds between expiry sweeps (and pruning of old sent entries)
@@ -81,16 +77,12 @@ class _Breaker(Protocol):
 def is_permanent(exc: BaseException, policy: RetryPolicy = DEFAULT_RETRY_POLICY) -> bool:
     """True when resending ``exc``'s operation cannot succeed (the entry is dead-lettered).
 
-    A 2xx with an unreadable body is transient (resent under the same key, the server
-    replays); exceptions that are not chatsdk's are treated as transient and logged.
+    The classification table decides (:func:`chatsdk._http.retry.classify`): a 400, 404,
+    413 or 422 condemns the message; a 2xx with an unreadable body is transient (resent under
+    the same key, the server replays); an exception that is not chatsdk's is a defect that
+    resending will not cure.
     """
-    if isinstance(exc, InvalidResponseError):
-        return False
-    if isinstance(exc, APIError) and exc.status in PERMANENT_STATUSES:
-        return True
-    if should_retry(exc, 0, policy):
-        return False
-    return isinstance(exc, ChatSDKError)
+    return classify(exc, policy).permanent
 
 
 class Drainer:
@@ -325,10 +317,16 @@ class Drainer:
             self.outbox.signal()
         except Exception as exc:
             if is_permanent(exc, self._retry):
-                log.warning("outbox entry %d failed for good: %s", entry.id, exc)
+                if isinstance(exc, ChatSDKError):
+                    log.warning("outbox entry %d failed for good: %s", entry.id, exc)
+                else:
+                    log.error(
+                        "outbox entry %d failed for good: delivering it raised %r",
+                        entry.id,
+                        exc,
+                        exc_info=exc,
+                    )
                 return self.outbox.fail(entry, exc, follow=follow)
-            if not isinstance(exc, ChatSDKError):
-                log.warning("outbox entry %d: deliver raised %r", entry.id, exc, exc_info=True)
             retry_after = retry_after_of(exc)
             index = min(entry.attempts - 1, 64)
             delay = backoff_for(exc, index, self._retry, self._rand, retry_after)

@@ -8,14 +8,12 @@ from typing import Any, Generic, Literal, Protocol, TypeVar, cast
 import attrs
 
 from chatsdk._errors import (
-    _CODE_ERRORS,
-    _STATUS_ERRORS,
     APIError,
     ChatSDKError,
     OutboxEntryExpiredError,
     OutboxError,
-    ServerError,
 )
+from chatsdk._http.retry import error_class
 from chatsdk._models import Message, Reaction
 
 __all__ = [
@@ -143,9 +141,9 @@ class OutboxEntry(Generic[R]):
             )
         elif self.status == "failed" and record.get("status") is not None:
             status, code = int(record["status"]), record.get("code")
-            cls = _CODE_ERRORS.get(code or "") or _STATUS_ERRORS.get(status)
-            cls = cls or (ServerError if status >= 500 else APIError)
-            exc = cls(status, code, str(record.get("message") or ""), body=record.get("body"))
+            exc = error_class(status, code)(
+                status, code, str(record.get("message") or ""), body=record.get("body")
+            )
         elif self.status == "failed":
             exc = OutboxError(f"outbox entry {self.id} failed: {self.last_error}")
         else:

@@ -7,10 +7,13 @@ States::
     HALF_OPEN --(any failure)--> OPEN (timer restarted)
 
 CLOSED keeps the outcomes of the last ``window`` seconds (at most the last ``window_size``)
-and opens when at least ``failure_threshold`` of them are failures *and* failures make up at
-least ``failure_rate`` of them: five failures in a row on a quiet host open it, a busy host
-that goes down opens within 18 failures (defaults), and a host answering 70% of calls on a
-terrible network stays closed so that its callers' retries still get through.
+and opens when at least ``failure_threshold`` of them are failures, failures make up at
+least ``failure_rate`` of them, *and* the failures come from at least ``failed_operations``
+different operations (the attempts of one call are one operation: one call whose retries all
+fail is a blip, not an outage). With the defaults, one ``send_message`` whose five attempts
+fail leaves a quiet host's circuit closed and a second failing call opens it; a busy host that
+goes down opens within 18 failures; a host answering 70% of calls on a terrible network stays
+closed so that its callers' retries still get through.
 
 Each attempt takes a :class:`Permit` and reports one outcome on it. Every state change bumps
 a generation counter; an outcome reported on a permit from an older generation is ignored, so
@@ -28,7 +31,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any, Generic, TypeVar
 
 import attrs
@@ -67,6 +70,7 @@ class BreakerPolicy:
         recovery_timeout: seconds OPEN before probes are let through.
         success_threshold: consecutive probe successes that close the circuit.
         half_open_max_calls: probes allowed at once while HALF_OPEN.
+        failed_operations: different operations the window's failures must come from.
     """
 
     failure_threshold: int = attrs.field(default=5)
@@ -76,8 +80,10 @@ class BreakerPolicy:
     recovery_timeout: float = attrs.field(default=60.0, validator=non_negative)
     success_threshold: int = attrs.field(default=2)
     half_open_max_calls: int = attrs.field(default=1)
+    failed_operations: int = attrs.field(default=2)
 
     @failure_threshold.validator
+    @failed_operations.validator
     @window_size.validator
     @success_threshold.validator
     @half_open_max_calls.validator
@@ -133,11 +139,15 @@ class Permit:
     calls do nothing, so ``release()`` in a ``finally`` block is always safe.
     """
 
-    __slots__ = ("_breaker", "_done", "generation", "probe")
+    __slots__ = ("_breaker", "_done", "generation", "operation", "probe")
 
-    def __init__(self, breaker: CircuitBreaker, generation: int, *, probe: bool) -> None:
+    def __init__(
+        self, breaker: CircuitBreaker, generation: int, *, probe: bool, operation: Hashable
+    ) -> None:
         self._breaker = breaker
         self._done = False
+        #: the operation the attempt belongs to (failures are counted per operation).
+        self.operation = operation
         #: the breaker's generation when the permit was taken.
         self.generation = generation
         #: whether the permit holds one of HALF_OPEN's probe slots.
@@ -193,6 +203,7 @@ class CircuitBreaker:
         recovery_timeout: seconds OPEN before probes are let through.
         success_threshold: consecutive probe successes that close the circuit.
         half_open_max_calls: probes allowed at once while HALF_OPEN.
+        failed_operations: different operations the window's failures must come from.
         is_failure: decides whether an exception raised inside :meth:`call` is a failure
             (default: every exception is); one that is not counts as nothing.
         clock: monotonic clock in seconds (injectable for tests).
@@ -219,6 +230,7 @@ class CircuitBreaker:
         recovery_timeout: float = 60.0,
         success_threshold: int = 2,
         half_open_max_calls: int = 1,
+        failed_operations: int = 2,
         is_failure: Callable[[BaseException], bool] | None = None,
         clock: Clock = time.monotonic,
     ) -> None:
@@ -233,6 +245,7 @@ class CircuitBreaker:
             recovery_timeout=recovery_timeout,
             success_threshold=success_threshold,
             half_open_max_calls=half_open_max_calls,
+            failed_operations=failed_operations,
         )
         self.name = name
         self._is_failure = is_failure if is_failure is not None else _every_exception
@@ -241,8 +254,8 @@ class CircuitBreaker:
         self._listeners: list[Listener] = []
         self._state = CircuitState.CLOSED
         self._generation = 0
-        # (timestamp, failed) of recent CLOSED outcomes; bounded by window_size.
-        self._outcomes: collections.deque[tuple[float, bool]] = collections.deque(
+        # (timestamp, failed, operation) of recent CLOSED outcomes; bounded by window_size.
+        self._outcomes: collections.deque[tuple[float, bool, Hashable]] = collections.deque(
             maxlen=self._policy.window_size
         )
         self._open_until = 0.0
@@ -287,7 +300,7 @@ class CircuitBreaker:
             now = self._clock()
             changes = self._tick(now)
             if self._state is CircuitState.CLOSED:
-                failures = sum(1 for _, failed in self._outcomes if failed)
+                failures = sum(1 for _, failed, _op in self._outcomes if failed)
                 snap = BreakerSnapshot(
                     state=self._state,
                     failure_count=failures,
@@ -311,8 +324,12 @@ class CircuitBreaker:
         self._announce(changes)
         return snap
 
-    def acquire(self) -> Permit:
+    def acquire(self, operation: Hashable | None = None) -> Permit:
         """Take a permit for one attempt; report its outcome on the permit.
+
+        Args:
+            operation: a token naming the operation (logical call) the attempt belongs to,
+                equal for all of its attempts; None makes the attempt its own operation.
 
         Raises:
             CircuitBreakerOpenError: the circuit is OPEN, or HALF_OPEN with every probe slot
@@ -323,13 +340,15 @@ class CircuitBreaker:
             changes = self._tick(now)
             permit: Permit | None = None
             retry_after = 0.0
+            if operation is None:
+                operation = object()
             if self._state is CircuitState.CLOSED:
-                permit = Permit(self, self._generation, probe=False)
+                permit = Permit(self, self._generation, probe=False, operation=operation)
             elif self._state is CircuitState.OPEN:
                 retry_after = self._open_until - now
             elif self._probes_in_flight < self._policy.half_open_max_calls:
                 self._probes_in_flight += 1
-                permit = Permit(self, self._generation, probe=True)
+                permit = Permit(self, self._generation, probe=True, operation=operation)
         self._announce(changes)
         if permit is None:
             raise CircuitBreakerOpenError(self.name, retry_after)
@@ -419,14 +438,16 @@ class CircuitBreaker:
         if self._state is CircuitState.CLOSED:
             if outcome == _NEUTRAL:
                 return []
-            self._outcomes.append((now, outcome == _FAILURE))
+            self._outcomes.append((now, outcome == _FAILURE, permit.operation))
             self._prune(now)
             if outcome != _FAILURE:  # only a failure can open: skip the count on success
                 return []
-            failures = sum(1 for _, failed in self._outcomes if failed)
+            failed = [op for _, failed, op in self._outcomes if failed]
+            failures = len(failed)
             if (
                 failures >= self._policy.failure_threshold
                 and failures / len(self._outcomes) >= self._policy.failure_rate
+                and len(set(failed)) >= self._policy.failed_operations
             ):
                 return self._open(now, failures=failures, hold_open_for=hold_open_for)
             return []

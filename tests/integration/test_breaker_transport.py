@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import pytest
 
 from chatsdk import ChatClient, ChatSession, CircuitBreakerOpenError, ConnectError
@@ -20,16 +17,17 @@ def test_a_refusing_host_opens_fails_fast_and_recovers(sleep, clock) -> None:
             chat.send_message("general", "first")
         assert info.value.attempts == 5
         name = f"rest:http://127.0.0.1:{down.port}"
+        # One failed operation is a blip; the second operation's failure opens the circuit.
+        assert chat.session.breakers[name].state is CircuitState.CLOSED
+        with pytest.raises(CircuitBreakerOpenError) as second:
+            chat.send_message("general", "second")
+        assert second.value.attempts == 1
         assert chat.session.breakers[name].state is CircuitState.OPEN
 
-        timings = []
         for _ in range(100):
-            start = time.perf_counter()
             with pytest.raises(CircuitBreakerOpenError) as open_info:
                 chat.send_message("general", "while open")
-            timings.append(time.perf_counter() - start)
-        assert open_info.value.attempts == 0
-        assert statistics.median(timings) < 0.002  # fails fast: nothing is sent
+            assert open_info.value.attempts == 0  # failed fast: nothing was sent
 
         with ChatClient(session=ChatSession(other.url, "test-key", sleep=sleep, clock=clock)) as ok:
             assert ok.send_message("general", "elsewhere").text == "elsewhere"

@@ -132,7 +132,6 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_drill_json_small_run() -> None:
-    started = time.monotonic()
     proc = subprocess.run(
         [
             sys.executable,
@@ -153,7 +152,6 @@ def test_drill_json_small_run() -> None:
         timeout=90,
         check=False,
     )
-    elapsed = time.monotonic() - started
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
     assert len(lines) == 1, "--json prints one object and nothing else on stdout"
@@ -194,7 +192,6 @@ def test_drill_json_small_run() -> None:
             continue
         assert arm["requests_per_message"] > 1.0  # it retried: the profile is terrible
         assert arm["mean_retry_delay_ms"] > 0.0
-    assert elapsed < 60
 
 
 def test_drill_multi_tap_counts_duplicates_per_arm() -> None:

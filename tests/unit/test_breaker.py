@@ -291,8 +291,30 @@ def test_window_keeps_at_most_window_size_outcomes(clock: FakeClock) -> None:
     assert len(breaker._outcomes) == 10
 
 
+def test_failures_of_one_operation_never_open(clock: FakeClock) -> None:
+    # One call whose retries all fail is a blip: the original design counts failed calls.
+    breaker = CircuitBreaker("ops", clock=clock)
+    for _ in range(10):
+        breaker.acquire(operation="send-1").failure()
+    assert breaker.state is CircuitState.CLOSED
+    assert breaker.snapshot().failure_count == 10
+    breaker.acquire(operation="send-2").failure()
+    assert breaker.state is CircuitState.OPEN
+
+
+def test_failed_operations_is_configurable(clock: FakeClock) -> None:
+    breaker = CircuitBreaker("ops", failed_operations=3, clock=clock)
+    for op in ("a", "a", "a", "b", "b"):
+        breaker.acquire(operation=op).failure()
+    assert breaker.state is CircuitState.CLOSED
+    breaker.acquire(operation="c").failure()
+    assert breaker.state is CircuitState.OPEN
+
+
 def test_successes_never_open(clock: FakeClock) -> None:
-    breaker = CircuitBreaker("s", failure_threshold=1, failure_rate=0.01, clock=clock)
+    breaker = CircuitBreaker(
+        "s", failure_threshold=1, failure_rate=0.01, failed_operations=1, clock=clock
+    )
     breaker.call(ok)
     assert breaker.state is CircuitState.CLOSED
     trip(breaker, 1)

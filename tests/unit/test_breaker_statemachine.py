@@ -37,6 +37,7 @@ class Model:
     recovery_timeout: float
     success_threshold: int
     half_open_max_calls: int
+    failed_operations: int
     state: CircuitState = CLOSED
     generation: int = 0
     outcomes: list[tuple[float, bool]] = field(default_factory=list)
@@ -93,6 +94,8 @@ class Model:
                 outcome == "failure"
                 and failures >= self.failure_threshold
                 and failures / len(recent) >= self.failure_rate
+                # every permit here is its own operation: distinct operations == failures
+                and failures >= self.failed_operations
             ):
                 self.open(now, failures, hold)
             return
@@ -137,6 +140,7 @@ class BreakerMachine(RuleBasedStateMachine):
         recovery_timeout=st.sampled_from([0.0, 2.0, 5.0]),
         success_threshold=st.integers(1, 3),
         half_open_max_calls=st.integers(1, 3),
+        failed_operations=st.integers(1, 3),
     )
     def setup(
         self,
@@ -147,6 +151,7 @@ class BreakerMachine(RuleBasedStateMachine):
         recovery_timeout: float,
         success_threshold: int,
         half_open_max_calls: int,
+        failed_operations: int,
     ) -> None:
         failure_threshold = data.draw(st.integers(1, window_size))
         params = {
@@ -157,6 +162,7 @@ class BreakerMachine(RuleBasedStateMachine):
             "recovery_timeout": recovery_timeout,
             "success_threshold": success_threshold,
             "half_open_max_calls": half_open_max_calls,
+            "failed_operations": failed_operations,
         }
         self.model = Model(**params)  # type: ignore[arg-type]
         self.breaker = CircuitBreaker("machine", clock=self.clock, **params)  # type: ignore[arg-type]

@@ -412,9 +412,7 @@ def test_forked_child_uses_its_own_connection(tmp_path: Path) -> None:
         finally:
             os._exit(status)
     os.close(write_end)
-    deadline = time.monotonic() + 30
     _, status = os.waitpid(pid, 0)
-    assert time.monotonic() < deadline
     assert os.read(read_end, 10) == b"ok" and status == 0
     os.close(read_end)
     # The parent's connection is untouched by the child's life and exit.

@@ -124,7 +124,7 @@ def put(box: Outbox, channel: str = "c1", text: str = "hi") -> OutboxEntry[Any]:
         (RateLimitedError(429, "rate_limited", "x"), False),
         (APIError(409, "idempotency_key_in_use", "x"), False),
         (ConnectError("refused"), False),
-        (RuntimeError("a bug in someone's deliver"), False),
+        (RuntimeError("a bug in someone's deliver"), True),
     ],
 )
 def test_is_permanent(error: BaseException, permanent: bool) -> None:
@@ -207,15 +207,35 @@ def test_invalid_2xx_body_is_resent_under_the_same_key(outbox: Outbox, clock: Fa
     assert [op.idempotency_key for op in deliver.calls] == [entry.idempotency_key] * 2
 
 
-def test_foreign_exception_is_logged_and_retried(
+def test_foreign_exception_dead_letters_the_entry_with_its_traceback(
     outbox: Outbox, caplog: pytest.LogCaptureFixture
 ) -> None:
+    # Before: retried for 23 h, blocking its channel. A bug is not cured by resending.
     drainer = make(outbox, FakeDeliver([RuntimeError("oops")]))
-    entry = put(outbox)
+    entry, after = put(outbox, "a", "1"), put(outbox, "a", "2")
     with caplog.at_level(logging.WARNING, "chatsdk"):
         run_once(drainer)
-    assert outbox.get(entry.id).status == "queued"  # type: ignore[union-attr]
-    assert "deliver raised RuntimeError" in caplog.text
+        run_once(drainer)
+    assert outbox.get(entry.id).status == "failed"  # type: ignore[union-attr]
+    assert outbox.get(after.id).status == "sent"  # type: ignore[union-attr]
+    record = next(r for r in caplog.records if "failed for good" in r.getMessage())
+    assert record.exc_info is not None and record.exc_info[0] is RuntimeError
+    with pytest.raises(OutboxError, match="RuntimeError"):
+        entry.wait(0)
+
+
+def test_a_503_retry_after_reschedules_the_entry_that_late(
+    outbox: Outbox, clock: FakeClock
+) -> None:
+    # Before: ServerError had no retry_after and the entry was due again within 10 s.
+    unavailable = ServerError(503, "unavailable", "maintenance")
+    unavailable.retry_after = 600.0
+    drainer = make(outbox, FakeDeliver([unavailable]))
+    entry = put(outbox)
+    run_once(drainer)
+    row = outbox.get(entry.id)
+    assert row is not None and row.status == "queued"
+    assert row.next_attempt_at >= clock() + 600.0
 
 
 def test_poison_message_is_dead_lettered_and_the_channel_moves_on(outbox: Outbox) -> None:

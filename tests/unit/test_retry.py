@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import email.utils
 import logging
+from typing import TypeVar
 
 import attrs
 import pytest
@@ -27,14 +28,32 @@ from chatsdk import (
     retry_call,
     should_retry,
 )
-from chatsdk._http.retry import backoff_for
+from chatsdk._http.retry import backoff_for, classify
+
+E = TypeVar("E", bound=BaseException)
 
 NO_JITTER = RetryPolicy(jitter="none")
 
 
-def api_error(status: int, code: str | None = None) -> APIError:
+def keyed_post() -> requests.PreparedRequest:
+    return requests.Request(
+        "POST", "http://chat.test/api/messages", headers={"Idempotency-Key": "k1"}
+    ).prepare()
+
+
+def unkeyed_post() -> requests.PreparedRequest:
+    return requests.Request("POST", "http://chat.test/api/messages").prepare()
+
+
+def api_error(status: int, code: str | None = None, request: object = None) -> APIError:
     cls = ServerError if status >= 500 else APIError
-    return cls(status, code, "boom")
+    return cls(status, code, "boom", request=request or keyed_post())
+
+
+def keyed(error: E) -> E:
+    """The error as the adapter raises it: carrying its (keyed) request."""
+    error.request = keyed_post()  # type: ignore[attr-defined]
+    return error
 
 
 class TestShouldRetry:
@@ -51,8 +70,8 @@ class TestShouldRetry:
         assert should_retry(err, 1)
 
     def test_transport_errors_are_retried(self) -> None:
-        assert should_retry(ConnectError("refused"), 1)
-        assert should_retry(TransportTimeoutError("slow"), 1)
+        assert should_retry(keyed(ConnectError("refused")), 1)
+        assert should_retry(keyed(TransportTimeoutError("slow")), 1)
 
     def test_foreign_errors_are_not_retried(self) -> None:
         assert not should_retry(ValueError("x"), 1)
@@ -69,6 +88,80 @@ class TestShouldRetry:
         policy = RetryPolicy(retry_statuses=frozenset({418}))
         assert should_retry(api_error(418), 1, policy)
         assert not should_retry(api_error(500), 1, policy)
+
+
+class TestPossiblyProcessed:
+    """An error whose request may have been processed is retried only when resending is safe."""
+
+    def test_unkeyed_post_is_not_retried_after_a_read_timeout(self) -> None:
+        # Before: should_retry said yes, and retry_call posted the message twice.
+        timeout = TransportTimeoutError("read timed out", request=unkeyed_post())
+        assert not should_retry(timeout, 1)
+        assert should_retry(timeout, 1, idempotency_key="k1")
+        assert should_retry(timeout, 1, method="GET")
+
+    def test_unkeyed_post_is_not_retried_after_a_500(self) -> None:
+        assert not should_retry(api_error(500, request=unkeyed_post()), 1)
+
+    def test_unkeyed_post_is_retried_when_nothing_was_processed(self) -> None:
+        refused = ConnectError("refused", request=unkeyed_post())
+        refused.request_sent = False
+        assert should_retry(refused, 1)
+        assert should_retry(api_error(503, request=unkeyed_post()), 1)
+        assert should_retry(api_error(429, request=unkeyed_post()), 1)
+
+    def test_an_error_without_its_request_is_not_resent_blindly(self) -> None:
+        assert not should_retry(TransportTimeoutError("slow"), 1)
+        assert not should_retry(ServerError(500, None, "x"), 1)
+        assert should_retry(ServerError(503, None, "x"), 1)
+
+    def test_retry_call_does_not_repeat_an_unkeyed_post(self) -> None:
+        calls: list[int] = []
+
+        def post() -> None:
+            calls.append(1)
+            raise TransportTimeoutError("read timed out", request=unkeyed_post())
+
+        with pytest.raises(TransportTimeoutError):
+            retry_call(post, sleep=_no_sleep)
+        assert calls == [1]
+
+
+class TestClassificationTable:
+    @pytest.mark.parametrize(
+        ("status", "host_failure", "permanent"),
+        [
+            (200, "success", False),
+            (400, "success", True),
+            (401, "success", False),
+            (404, "success", True),
+            (408, "failure", False),
+            (409, "success", True),
+            (413, "success", True),
+            (422, "success", True),
+            (429, "neutral", False),
+            (500, "failure", False),
+            (501, "success", True),
+            (503, "failure", False),
+            (418, "success", True),
+        ],
+    )
+    def test_statuses(self, status: int, host_failure: str, permanent: bool) -> None:
+        response = requests.Response()
+        response.status_code = status
+        response._content = b"{}"
+        response.request = keyed_post()
+        verdict = classify(response)
+        assert (verdict.breaker, verdict.permanent) == (host_failure, permanent)
+        assert verdict.retry is (status in DEFAULT_RETRY_POLICY.retry_statuses)
+
+    def test_a_status_the_policy_retries_is_not_permanent(self) -> None:
+        policy = RetryPolicy(retry_statuses=frozenset({418}))
+        assert not classify(api_error(418), policy).permanent
+
+    def test_foreign_errors_are_permanent_and_say_nothing_about_the_host(self) -> None:
+        verdict = classify(RuntimeError("bug"))
+        assert (verdict.retry, verdict.breaker, verdict.permanent) == (False, "neutral", True)
 
 
 class TestBackoff:
@@ -185,7 +278,9 @@ class TestRetryCall:
         assert calls == [1]
 
     def test_retries_transient_then_succeeds(self) -> None:
-        attempts = iter([ServerError(500, "internal", "x"), ServerError(503, None, "x"), None])
+        attempts = iter(
+            [keyed(ServerError(500, "internal", "x")), ServerError(503, None, "x"), None]
+        )
         slept: list[float] = []
 
         def fn() -> str:
@@ -214,7 +309,7 @@ class TestRetryCall:
 
         def fn() -> None:
             calls.append(1)
-            raise ServerError(500, "internal", f"failure {len(calls)}")
+            raise keyed(ServerError(500, "internal", f"failure {len(calls)}"))
 
         with pytest.raises(ServerError, match="failure 5") as info:
             retry_call(fn, sleep=_no_sleep)
@@ -246,7 +341,7 @@ class TestRetryCall:
         assert info.value.attempts == 2
 
     def test_logs_each_retry(self, caplog: pytest.LogCaptureFixture) -> None:
-        errors = [ConnectError("refused"), None]
+        errors = [keyed(ConnectError("refused")), None]
 
         def fn() -> str:
             error = errors.pop(0)

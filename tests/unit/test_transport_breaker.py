@@ -15,6 +15,7 @@ from chatsdk import (
     CircuitBreakerOpenError,
     RetryPolicy,
     ServerError,
+    TransportError,
 )
 from chatsdk._resilience.breaker import CircuitState
 from tests.unit.test_transport import BASE, KEY, MESSAGES, error_json, message_json
@@ -29,7 +30,8 @@ def client(sleep, clock, **kwargs) -> ChatClient:
 @responses.activate
 def test_the_circuit_opens_mid_loop_and_stops_at_once(sleep, clock) -> None:
     responses.add(responses.POST, MESSAGES, json=error_json("unavailable"), status=503)
-    chat = client(sleep, clock, breaker=BreakerPolicy(failure_threshold=2))
+    policy = BreakerPolicy(failure_threshold=2, failed_operations=1)
+    chat = client(sleep, clock, breaker=policy)
     with pytest.raises(CircuitBreakerOpenError) as info:
         chat.send_message("c", "t", idempotency_key="k1")
     assert len(responses.calls) == 2  # not the 5 the policy allows
@@ -39,6 +41,25 @@ def test_the_circuit_opens_mid_loop_and_stops_at_once(sleep, clock) -> None:
     assert info.value.retry_after == pytest.approx(60.0)
     assert isinstance(info.value.__cause__, ServerError)
     assert isinstance(info.value, requests.ConnectionError)
+    # Before: not a TransportError, so the README's ``except TransportError`` missed it.
+    assert isinstance(info.value, TransportError) and info.value.request_sent is False
+
+
+@responses.activate
+def test_one_failed_operation_leaves_a_quiet_host_closed_and_a_second_opens_it(
+    sleep, clock
+) -> None:
+    # Before: one send_message's 5 failed attempts opened the circuit for 60 s.
+    responses.add(responses.POST, MESSAGES, json=error_json("internal"), status=500)
+    chat = client(sleep, clock)
+    with pytest.raises(ServerError) as info:
+        chat.send_message("c", "t")
+    assert info.value.attempts == 5
+    assert chat.session.breakers["rest:http://chat.test:80"].state is CircuitState.CLOSED
+    with pytest.raises(CircuitBreakerOpenError) as second:
+        chat.send_message("c", "t")
+    assert second.value.attempts == 1  # its first failure opened the circuit
+    assert chat.session.breakers["rest:http://chat.test:80"].state is CircuitState.OPEN
 
 
 @responses.activate
@@ -48,6 +69,8 @@ def test_an_open_circuit_fails_fast_with_nothing_sent(sleep, clock, monkeypatch)
     with pytest.raises(ServerError) as info:  # the last attempt's real error
         chat.send_message("c", "t")
     assert info.value.attempts == 5
+    with pytest.raises(CircuitBreakerOpenError):
+        chat.send_message("c", "t")
     assert chat.session.breakers["rest:http://chat.test:80"].state is CircuitState.OPEN
 
     merged: list[str] = []
@@ -60,7 +83,7 @@ def test_an_open_circuit_fails_fast_with_nothing_sent(sleep, clock, monkeypatch)
     monkeypatch.setattr(requests.Session, "merge_environment_settings", spy)
     with pytest.raises(CircuitBreakerOpenError) as info2:
         chat.send_message("c", "t", idempotency_key="k2")
-    assert len(responses.calls) == 5  # nothing more was sent
+    assert len(responses.calls) == 6  # nothing more was sent
     assert merged == []  # refused before any request work (proxy lookup, connection)
     assert info2.value.attempts == 0 and info2.value.idempotency_key == "k2"
 
@@ -100,7 +123,7 @@ def test_429_is_neither_success_nor_failure(sleep, clock) -> None:
 @responses.activate
 def test_a_long_503_retry_after_keeps_the_circuit_open(sleep, clock) -> None:
     responses.add(responses.GET, HEALTH, status=503, headers={"Retry-After": "50"})
-    policy = BreakerPolicy(failure_threshold=1, recovery_timeout=5.0)
+    policy = BreakerPolicy(failure_threshold=1, recovery_timeout=5.0, failed_operations=1)
     session = ChatSession(BASE, KEY, sleep=sleep, clock=clock, breaker=policy)
     with pytest.raises(CircuitBreakerOpenError) as info:
         session.get("/api/health")
@@ -113,10 +136,47 @@ def test_a_long_503_retry_after_keeps_the_circuit_open(sleep, clock) -> None:
 
 
 @responses.activate
+def test_a_day_long_503_retry_after_holds_the_circuit_only_up_to_the_cap(sleep, clock) -> None:
+    # Before: Retry-After: 86400 kept the host's circuit open for a day.
+    responses.add(responses.GET, HEALTH, status=503, headers={"Retry-After": "86400"})
+    policy = BreakerPolicy(failure_threshold=1, recovery_timeout=30.0, failed_operations=1)
+    retry = RetryPolicy(max_retry_after=120.0)
+    session = ChatSession(BASE, KEY, sleep=sleep, clock=clock, breaker=policy, retry=retry)
+    assert session.get("/api/health").status_code == 503  # above max_retry_after: no retry
+    breaker = session.breaker_for()
+    assert breaker is not None and breaker.state is CircuitState.OPEN
+    assert breaker.retry_after == pytest.approx(120.0)  # max(recovery_timeout, max_retry_after)
+    clock.advance(120.0)
+    assert breaker.state is CircuitState.HALF_OPEN
+
+
+@responses.activate
+def test_a_503_error_carries_its_retry_after(sleep, clock) -> None:
+    # Before: ServerError had no .retry_after; every APIError carries it now.
+    responses.add(
+        responses.POST,
+        MESSAGES,
+        status=503,
+        headers={"Retry-After": "7"},
+        json=error_json("unavailable"),
+    )
+    responses.add(responses.POST, MESSAGES, status=500, json=error_json("internal"))
+    chat = client(sleep, clock, retry=RetryPolicy(max_attempts=1))
+    with pytest.raises(ServerError) as info:
+        chat.send_message("c", "t")
+    assert info.value.retry_after == 7.0
+    with pytest.raises(ServerError) as info:
+        chat.send_message("c", "t")
+    assert info.value.retry_after is None
+
+
+@responses.activate
 def test_transport_failures_count_and_breaker_false_turns_it_off(sleep, clock) -> None:
     responses.add(responses.GET, HEALTH, body=requests.ConnectTimeout("slow"))
     with ChatSession(BASE, KEY, sleep=sleep, clock=clock) as session:
         with pytest.raises(requests.ConnectTimeout):
+            session.get("/api/health")
+        with pytest.raises(CircuitBreakerOpenError):  # a second operation opens the circuit
             session.get("/api/health")
         assert session.breakers["rest:http://chat.test:80"].state is CircuitState.OPEN
     unguarded = RetryPolicy(budget_capacity=None)
@@ -126,7 +186,7 @@ def test_transport_failures_count_and_breaker_false_turns_it_off(sleep, clock) -
             session.get("/api/health")
     assert session.breakers == {} and session.breaker_for() is None
     assert session.adapter.hosts.get("rest:http://chat.test:80").budget is None
-    assert len(responses.calls) == 5 + 15
+    assert len(responses.calls) == 5 + 1 + 15
 
 
 def test_ws_breakers_are_separate() -> None:
