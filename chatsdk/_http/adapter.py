@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import logging
 import random
-import time
 from collections.abc import Callable, Mapping
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 from urllib.parse import urlsplit
 
 import requests
@@ -19,6 +18,7 @@ import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
+from chatsdk import _testmode
 from chatsdk._errors import (
     ChatSDKError,
     CircuitBreakerOpenError,
@@ -39,7 +39,7 @@ from chatsdk._resilience.breaker import BreakerPolicy, CircuitBreaker, CircuitSt
 from chatsdk._resilience.budget import RetryBudget
 from chatsdk._resilience.hosts import HostState, host_of
 
-__all__ = ["ResilientAdapter", "attempts_of"]
+__all__ = ["ResilientAdapter", "Transport", "attempts_of"]
 
 log = logging.getLogger("chatsdk")
 
@@ -54,6 +54,25 @@ _TRANSPORT_ERRORS = (requests.RequestException, urllib3.exceptions.HTTPError, OS
 TimeoutArg = float | tuple[float | None, float | None] | None
 
 
+class Transport(Protocol):
+    """What makes one attempt: ``HTTPAdapter.send``'s signature, without retries.
+
+    ``chatsdk.testing.InMemoryTransport`` is one; any ``requests`` adapter is another.
+    """
+
+    def send(
+        self,
+        request: requests.PreparedRequest,
+        stream: bool = ...,
+        timeout: TimeoutArg = ...,
+        verify: bool | str = ...,
+        cert: str | tuple[str, str] | None = ...,
+        proxies: Mapping[str, str] | None = ...,
+    ) -> requests.Response:
+        """Send ``request`` once; return its response or raise a requests/urllib3 error."""
+        ...
+
+
 def attempts_of(response: requests.Response) -> int:
     """HTTP sends the adapter made to obtain ``response`` (1 when it did not count)."""
     return int(getattr(response, "_chatsdk_attempts", 1))
@@ -66,9 +85,12 @@ class ResilientAdapter(HTTPAdapter):
         retry: the retry policy (default :data:`chatsdk.DEFAULT_RETRY_POLICY`).
         breaker: the per-host circuit breaker policy; None for the default
             :class:`BreakerPolicy`, False for no circuit breaking.
-        sleep: called with the seconds to wait between attempts (inject for tests).
+        sleep: called with the seconds to wait between attempts (inject for tests); by
+            default ``time.sleep``, which test mode (``chatsdk.testing.set_testing``) skips.
         clock: a monotonic clock in seconds, for the deadline (inject for tests).
         rand: a uniform [0, 1) source for jitter (inject for tests).
+        transport: makes each single attempt instead of urllib3 (e.g.
+            ``chatsdk.testing.InMemoryTransport``); retries, breaker and budget are unchanged.
         **pool_kwargs: ``pool_connections``, ``pool_maxsize``, ``pool_block`` as for requests.
     """
 
@@ -77,9 +99,10 @@ class ResilientAdapter(HTTPAdapter):
         retry: RetryPolicy | None = None,
         *,
         breaker: BreakerPolicy | Literal[False] | None = None,
-        sleep: Callable[[float], None] = time.sleep,
-        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = _testmode.sleep,
+        clock: Callable[[], float] = _testmode.monotonic,
         rand: Callable[[], float] = random.random,
+        transport: Transport | None = None,
         **pool_kwargs: Any,
     ) -> None:
         # urllib3 must not retry on its own; read=False re-raises read errors to our loop.
@@ -90,6 +113,7 @@ class ResilientAdapter(HTTPAdapter):
         self._sleep = sleep
         self._clock = clock
         self._rand = rand
+        self.transport = transport
 
     def reset_after_fork(self) -> None:
         """In a forked child: new connection pools and host state, nothing shared.
@@ -105,6 +129,14 @@ class ResilientAdapter(HTTPAdapter):
         )
         self.proxy_manager = {}
         self.hosts = HostState(self._breaker_policy, self.retry, clock=self._clock)
+
+    def send_attempt(
+        self, request: requests.PreparedRequest, **kwargs: Any
+    ) -> requests.Response:
+        """One attempt, no retries: through the injected transport, else urllib3's pool."""
+        if self.transport is None:
+            return HTTPAdapter.send(self, request, **kwargs)
+        return self.transport.send(request, **kwargs)
 
     def send(  # type: ignore[override]
         self,
@@ -215,11 +247,8 @@ class _Operation:
         permit = None if self.breaker is None else self.breaker.acquire()
         self.attempts += 1
         try:
-            response = HTTPAdapter.send(
-                self.adapter,
-                self.request,
-                timeout=self._attempt_timeout(),  # type: ignore[arg-type]
-                **self.options,
+            response = self.adapter.send_attempt(
+                self.request, timeout=self._attempt_timeout(), **self.options
             )
             if not self.options["stream"]:
                 # Read here, not in Session.send: a reset mid-body must be a retryable failure.
