@@ -38,7 +38,7 @@ from chatsdk._errors import (
     ValidationError,
     WaitTimeoutError,
 )
-from chatsdk._http.adapter import ResilientAdapter
+from chatsdk._http.adapter import ResilientAdapter, Transport
 from chatsdk._http.idempotency import idempotency_key_for
 from chatsdk._http.retry import (
     DEFAULT_RETRY_POLICY,
@@ -118,6 +118,7 @@ __all__ = [
     "StreamPosition",
     "Subscription",
     "SubscriptionState",
+    "Transport",
     "TransportError",
     "TransportTimeoutError",
     "UnauthorizedError",

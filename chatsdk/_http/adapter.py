@@ -130,9 +130,7 @@ class ResilientAdapter(HTTPAdapter):
         self.proxy_manager = {}
         self.hosts = HostState(self._breaker_policy, self.retry, clock=self._clock)
 
-    def send_attempt(
-        self, request: requests.PreparedRequest, **kwargs: Any
-    ) -> requests.Response:
+    def send_attempt(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
         """One attempt, no retries: through the injected transport, else urllib3's pool."""
         if self.transport is None:
             return HTTPAdapter.send(self, request, **kwargs)

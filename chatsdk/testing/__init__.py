@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from chatsdk.testing._faults import PROFILES, FaultPlan, RealtimeFaults
 from chatsdk.testing._memory import Attempt, InMemoryTransport, Outage, Sent, SentLog
-from chatsdk.testing._mode import is_testing, set_testing, transport_from_setting
+from chatsdk.testing._mode import advance, is_testing, set_testing, transport_from_setting
 from chatsdk.testing._proxy import ChaosProxy
 from chatsdk.testing._wire import MAX_BODY_BYTES
 
@@ -42,6 +42,7 @@ __all__ = [
     "ReferenceServer",
     "Sent",
     "SentLog",
+    "advance",
     "is_testing",
     "run_forever",
     "set_testing",

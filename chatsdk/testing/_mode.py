@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from chatsdk._http.adapter import Transport
     from chatsdk._outbox.drainer import Drainer
 
-__all__ = ["flush_inline", "is_testing", "set_testing", "transport_from_setting"]
+__all__ = ["advance", "flush_inline", "is_testing", "set_testing", "transport_from_setting"]
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +73,33 @@ def is_testing() -> bool:
     return _testmode.active()
 
 
+def advance(seconds: float) -> None:
+    """Move the SDK's clock on by ``seconds`` without waiting (test mode only).
+
+    For what the SDK would otherwise wait out, e.g. a circuit breaker that opened during
+    an outage: ``advance(chat.session.breaker_for().retry_after)`` lets its probe through.
+
+    Raises:
+        RuntimeError: test mode is off.
+        ValueError: ``seconds`` is negative.
+    """
+    if not _testmode.active():
+        raise RuntimeError("advance() needs test mode: call set_testing(True) first")
+    if seconds < 0:
+        raise ValueError(f"seconds must be >= 0, got {seconds!r}")
+    _testmode.sleep(seconds)
+
+
 def flush_inline(drainer: Drainer, _timeout: float | None = None) -> bool:
-    """Deliver a drainer's entries in this thread, without waiting (test mode's flush)."""
+    """Deliver a drainer's entries in this thread, without waiting (test mode's flush).
+
+    Rounds go on while the previous one delivered (or failed for good) something. A round
+    that only met an open circuit skips the drainer's pause once (the SDK's clock moves on,
+    so the breaker lets its probe through), as the background drainer would after waiting.
+    """
     outbox = drainer.outbox
     outbox.expire()
+    skipped_pause = False
     while drainer.auth_error is None:
         # The host is "back" at every round: transient backoffs are due now; delays the
         # server asked for (Retry-After) are kept.
@@ -89,8 +112,13 @@ def flush_inline(drainer: Drainer, _timeout: float | None = None) -> bool:
             follow: Any = entry
             while follow is not None:
                 follow = drainer.process(follow, follow="channel")
-        if outbox.pending_count() >= before:
+        if outbox.pending_count() < before:
+            continue
+        paused = drainer.paused_for
+        if paused <= 0 or skipped_pause:
             break  # nothing delivered nor failed for good: waiting would be needed
+        skipped_pause = True
+        _testmode.sleep(paused + 0.001)
     return not outbox.has_pending()
 
 
