@@ -173,3 +173,29 @@ def test_a_running_drainer_flushes_as_usual_in_test_mode(tmp_path: Path) -> None
             outbox.enqueue("message", "c", _body("x"), idempotency_key="k")
             assert drainer.flush(5.0) is True
         assert drainer.stop(5.0)
+
+
+def test_inline_flush_stops_at_a_rejected_key(tmp_path: Path) -> None:
+    memory = InMemoryTransport(api_keys=["good"])
+    with (
+        set_testing(True),
+        ChatClient(memory.url, "bad", transport=memory, outbox=tmp_path / "o.db") as chat,
+    ):
+        chat.queue_message("c", "hello")
+        assert chat.flush() is False  # draining stopped by the 401; the entry stays
+        assert chat.outbox is not None and chat.outbox.pending_count() == 1
+        assert len(memory.attempts) == 1
+
+
+def test_inline_flush_keeps_a_retry_after_the_server_asked_for(tmp_path: Path) -> None:
+    memory = InMemoryTransport()
+    with (
+        set_testing(True),
+        ChatClient(
+            memory.url, "k", transport=memory, outbox=tmp_path / "o.db", breaker=False
+        ) as chat,
+    ):
+        chat.queue_message("c", "hello")
+        memory.fail_next(5, status=429, retry_after=600)
+        assert chat.flush() is False  # due in 600 s of wall-clock time: not now
+        assert memory.sent == []
