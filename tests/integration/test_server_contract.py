@@ -98,9 +98,7 @@ def test_forbidden_key_is_403(srv: Backend, http: requests.Session) -> None:
     assert_error(response, 403, "forbidden")
 
 
-def test_unknown_path_and_method_get_json_errors(
-    srv: Backend, http: requests.Session
-) -> None:
+def test_unknown_path_and_method_get_json_errors(srv: Backend, http: requests.Session) -> None:
     assert_error(http.get(f"{srv.url}/api/nope", headers=KEY, timeout=5), 404, "not_found")
     response = http.put(f"{srv.url}/api/messages", headers=KEY, timeout=5)
     assert_error(response, 405, "method_not_allowed")
@@ -282,9 +280,7 @@ def test_same_key_while_first_runs_is_409(http: requests.Session) -> None:
         assert srv.counters()["conflicts"] == 1
 
 
-def test_create_without_key_is_not_deduplicated(
-    srv: Backend, http: requests.Session
-) -> None:
+def test_create_without_key_is_not_deduplicated(srv: Backend, http: requests.Session) -> None:
     assert post_message(http, srv, GOOD).status_code == 201
     assert post_message(http, srv, GOOD).status_code == 201
     assert len(srv.messages("general")) == 2
