@@ -39,7 +39,7 @@ from chatsdk._errors import (
     ValidationError,
     WaitTimeoutError,
 )
-from chatsdk._http.adapter import ResilientAdapter
+from chatsdk._http.adapter import ResilientAdapter, Transport
 from chatsdk._http.idempotency import idempotency_key_for
 from chatsdk._http.retry import (
     DEFAULT_RETRY_POLICY,
@@ -120,6 +120,7 @@ __all__ = [
     "Subscription",
     "SubscriptionState",
     "TLSCertificateError",
+    "Transport",
     "TransportError",
     "TransportTimeoutError",
     "UnauthorizedError",

@@ -18,7 +18,7 @@ from chatsdk._errors import (
     InvalidResponseError,
     excerpt,
 )
-from chatsdk._http.adapter import attempts_of
+from chatsdk._http.adapter import Transport, attempts_of
 from chatsdk._http.idempotency import Deduplicator, new_idempotency_key
 from chatsdk._http.retry import RetryPolicy, error_for_response
 from chatsdk._http.session import ChatSession
@@ -64,7 +64,8 @@ class ChatClient:
         breaker: the per-host circuit breaker policy; None for the default
             :class:`BreakerPolicy`, False for no circuit breaking.
         session: a ready :class:`ChatSession` to use instead of building one; then
-            ``base_url``, ``api_key``, ``retry``, ``timeout`` and ``breaker`` must not be given.
+            ``base_url``, ``api_key``, ``retry``, ``timeout``, ``breaker`` and ``transport``
+            must not be given.
         outbox: an :class:`Outbox` or the path of its file: enables :meth:`queue_message`
             and :meth:`queue_reaction` and starts a background drainer thread.
         dedup_window: seconds during which a repeat of the same ``send_message`` or
@@ -72,6 +73,8 @@ class ChatClient:
             result instead of sending again; 0 turns it off.
         close_timeout: :meth:`close` flushes the outbox for at most this many seconds and
             leaves the rest on disk for the next process.
+        transport: makes each single HTTP attempt instead of urllib3, beneath the retries,
+            breaker and budget: ``chatsdk.testing.InMemoryTransport()`` in tests.
 
     Raises:
         ConfigurationError: the URL or the key is missing (naming which) or invalid.
@@ -89,6 +92,7 @@ class ChatClient:
         outbox: str | os.PathLike[str] | Outbox | None = None,
         close_timeout: float = 10.0,
         dedup_window: float = 1.0,
+        transport: Transport | None = None,
     ) -> None:
         if session is not None:
             given = [
@@ -99,6 +103,7 @@ class ChatClient:
                     ("retry", retry),
                     ("timeout", timeout),
                     ("breaker", breaker),
+                    ("transport", transport),
                 )
                 if v is not None
             ]
@@ -114,7 +119,9 @@ class ChatClient:
                 raise ConfigurationError(f"no base URL: pass base_url= or set ${URL_ENV}")
             if not key:
                 raise ConfigurationError(f"no API key: pass api_key= or set ${API_KEY_ENV}")
-            self.session = ChatSession(url, key, retry=retry, timeout=timeout, breaker=breaker)
+            self.session = ChatSession(
+                url, key, retry=retry, timeout=timeout, breaker=breaker, transport=transport
+            )
         self.close_timeout = close_timeout
         self._dedup = Deduplicator(dedup_window)
         self._outbox: Outbox | None = None

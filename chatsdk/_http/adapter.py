@@ -11,9 +11,8 @@ from __future__ import annotations
 import itertools
 import logging
 import random
-import time
 from collections.abc import Callable, Mapping
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 from urllib.parse import urlsplit
 
 import requests
@@ -21,6 +20,7 @@ import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
+from chatsdk import _testmode
 from chatsdk._errors import ChatSDKError, CircuitBreakerOpenError, map_transport_error
 from chatsdk._http.retry import (
     DEFAULT_RETRY_POLICY,
@@ -34,7 +34,7 @@ from chatsdk._http.retry import (
 from chatsdk._resilience.breaker import BreakerPolicy, CircuitBreaker, CircuitState, Permit
 from chatsdk._resilience.hosts import HostState, host_of
 
-__all__ = ["ResilientAdapter", "attempts_of"]
+__all__ = ["ResilientAdapter", "Transport", "attempts_of"]
 
 log = logging.getLogger("chatsdk")
 
@@ -44,6 +44,25 @@ TimeoutArg = float | tuple[float | None, float | None] | None
 Outcome = requests.Response | ChatSDKError
 
 _OPERATION_TOKENS = itertools.count()
+
+
+class Transport(Protocol):
+    """What makes one attempt: ``HTTPAdapter.send``'s signature, without retries.
+
+    ``chatsdk.testing.InMemoryTransport`` is one; any ``requests`` adapter is another.
+    """
+
+    def send(
+        self,
+        request: requests.PreparedRequest,
+        stream: bool = ...,
+        timeout: TimeoutArg = ...,
+        verify: bool | str = ...,
+        cert: str | tuple[str, str] | None = ...,
+        proxies: Mapping[str, str] | None = ...,
+    ) -> requests.Response:
+        """Send ``request`` once; return its response or raise a requests/urllib3 error."""
+        ...
 
 
 def attempts_of(response: requests.Response) -> int:
@@ -58,9 +77,12 @@ class ResilientAdapter(HTTPAdapter):
         retry: the retry policy (default :data:`chatsdk.DEFAULT_RETRY_POLICY`).
         breaker: the per-host circuit breaker policy; None for the default
             :class:`BreakerPolicy`, False for no circuit breaking.
-        sleep: called with the seconds to wait between attempts (inject for tests).
+        sleep: called with the seconds to wait between attempts (inject for tests); by
+            default ``time.sleep``, which test mode (``chatsdk.testing.set_testing``) skips.
         clock: a monotonic clock in seconds, for the deadline (inject for tests).
         rand: a uniform [0, 1) source for jitter (inject for tests).
+        transport: makes each single attempt instead of urllib3 (e.g.
+            ``chatsdk.testing.InMemoryTransport``); retries, breaker and budget are unchanged.
         **pool_kwargs: ``pool_connections``, ``pool_maxsize``, ``pool_block`` as for requests.
     """
 
@@ -69,9 +91,10 @@ class ResilientAdapter(HTTPAdapter):
         retry: RetryPolicy | None = None,
         *,
         breaker: BreakerPolicy | Literal[False] | None = None,
-        sleep: Callable[[float], None] = time.sleep,
-        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = _testmode.sleep,
+        clock: Callable[[], float] = _testmode.monotonic,
         rand: Callable[[], float] = random.random,
+        transport: Transport | None = None,
         **pool_kwargs: Any,
     ) -> None:
         # urllib3 must not retry on its own; read=False re-raises read errors to our loop.
@@ -82,6 +105,7 @@ class ResilientAdapter(HTTPAdapter):
         self._sleep = sleep
         self._clock = clock
         self._rand = rand
+        self.transport = transport
 
     def reset_after_fork(self) -> None:
         """In a forked child: new connection pools and host state, nothing shared.
@@ -97,6 +121,12 @@ class ResilientAdapter(HTTPAdapter):
         )
         self.proxy_manager = {}
         self.hosts = HostState(self._breaker_policy, self.retry, clock=self._clock)
+
+    def send_attempt(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+        """One attempt, no retries: through the injected transport, else urllib3's pool."""
+        if self.transport is None:
+            return HTTPAdapter.send(self, request, **kwargs)
+        return self.transport.send(request, **kwargs)
 
     def send(  # type: ignore[override]
         self,
@@ -153,11 +183,8 @@ class ResilientAdapter(HTTPAdapter):
             return exc
         state.attempts += 1
         try:
-            response = HTTPAdapter.send(
-                self,
-                state.request,
-                timeout=state.attempt_timeout(timeout),  # type: ignore[arg-type]
-                **options,
+            response = self.send_attempt(
+                state.request, timeout=state.attempt_timeout(timeout), **options
             )
             if not options["stream"]:
                 # Read here, not in Session.send: a reset mid-body must be a retryable failure.

@@ -15,7 +15,7 @@ from requests.sessions import merge_setting
 from requests.utils import get_environ_proxies
 
 from chatsdk._errors import CircuitBreakerOpenError, ConfigurationError
-from chatsdk._http.adapter import ResilientAdapter
+from chatsdk._http.adapter import ResilientAdapter, Transport
 from chatsdk._http.retry import RetryPolicy
 from chatsdk._resilience.breaker import BreakerPolicy, BreakerSnapshot, CircuitBreaker, CircuitState
 from chatsdk._resilience.hosts import Listener, host_of
@@ -86,6 +86,8 @@ class ChatSession(requests.Session):
             :class:`BreakerPolicy`, False for no circuit breaking.
         sleep: the adapter's sleep between attempts (inject for tests).
         clock: the adapter's monotonic clock (inject for tests).
+        transport: makes each single attempt instead of urllib3, beneath the retry loop
+            (e.g. ``chatsdk.testing.InMemoryTransport()``).
     """
 
     def __init__(
@@ -98,6 +100,7 @@ class ChatSession(requests.Session):
         breaker: BreakerPolicy | Literal[False] | None = None,
         sleep: Callable[[float], None] | None = None,
         clock: Callable[[], float] | None = None,
+        transport: Transport | None = None,
     ) -> None:
         super().__init__()
         self.base_url = normalize_base_url(base_url)
@@ -117,7 +120,7 @@ class ChatSession(requests.Session):
             options["sleep"] = sleep
         if clock is not None:
             options["clock"] = clock
-        self.adapter = ResilientAdapter(retry, breaker=breaker, **options)
+        self.adapter = ResilientAdapter(retry, breaker=breaker, transport=transport, **options)
         self._base_host = host_of(self.base_url)
         self.mount("http://", self.adapter)
         self.mount("https://", self.adapter)

@@ -38,6 +38,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from chatsdk import _testmode
 from chatsdk._errors import (
     ChatSDKError,
     CircuitBreakerOpenError,
@@ -167,7 +168,12 @@ class Drainer:
         with self._lock:
             if self._running_here or self._stopping:
                 return
-            self._started = self._running_here = True
+            self._started = True
+            if _testmode.inline_flush() is not None:
+                # Test mode: flush() delivers in the caller's thread; the threads start on
+                # the first notify() after test mode ends.
+                return
+            self._running_here = True
             name = f"chatsdk-outbox-{os.path.basename(self.outbox.path)}"
             threads = [threading.Thread(target=self._loop, name=name, daemon=True)]
             threads += [
@@ -197,10 +203,16 @@ class Drainer:
     def flush(self, timeout: float | None = None) -> bool:
         """Block until no entry is ``queued`` or ``sending`` in the file, by any process.
 
+        In test mode (``chatsdk.testing.set_testing``) a drainer without running threads
+        delivers in the calling thread instead, without waiting.
+
         Returns:
             True when the outbox is drained; False when ``timeout`` passed first, or when
             draining is stopped (a 401/403, or :meth:`stop`) with entries left.
         """
+        inline = _testmode.inline_flush()
+        if inline is not None and not self._running_here:
+            return inline(self, timeout)
         self.notify()
         return self.outbox.wait_idle(timeout, give_up=self._cannot_progress)
 

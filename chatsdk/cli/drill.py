@@ -145,7 +145,7 @@ def _quiet(verbose: int) -> Iterator[None]:
 def run(args: argparse.Namespace) -> int:
     """Run the drill and print the table (or the JSON object); returns the exit status."""
     try:
-        import chatsdk.testing  # noqa: F401, PLC0415 - needs the server extra
+        from chatsdk.testing import ReferenceServer  # noqa: F401, PLC0415 - the server extra
     except ImportError as exc:
         echo(f"chatsdk drill: {exc}", err=True)
         return 2

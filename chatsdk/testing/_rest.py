@@ -1,10 +1,13 @@
-"""The REST half of the reference server: every endpoint of API.md, plus fault injection.
+"""The REST half of the reference server: API.md over aiohttp, plus fault injection.
 
-One aiohttp middleware wraps every ``/api/*`` request: it counts it, draws the fault
-decision (health excluded), applies the failing faults that happen before processing
-(``drop_before``, ``stall``, ``server_error``, ``rate_limit``), checks the API key and the
-body size, runs the handler, maps :class:`ApiError` to the JSON error body, and finally
-applies ``drop_after`` (the answer is committed, then the connection is reset).
+The endpoints themselves are :class:`~chatsdk.testing._api.RestCore`'s (shared with the
+in-memory transport). One aiohttp middleware wraps every ``/api/*`` request: it counts it,
+draws the fault decision (health excluded), applies the failing faults that happen before
+processing (``drop_before``, ``stall``, ``server_error``, ``rate_limit``), checks the API key
+and the body size, runs the handler, maps :class:`ApiError` to the JSON error body, and
+finally applies ``drop_after`` (the answer is committed, then the connection is reset).
+The one handler hands the request to RestCore, sleeping the injected latency between
+validation and processing (while an idempotency reservation is held).
 """
 
 from __future__ import annotations
@@ -12,9 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import hashlib
-import hmac
-import json
 import logging
 import socket
 import struct
@@ -23,39 +23,26 @@ from typing import Any
 
 from aiohttp import web
 
+from chatsdk.testing._api import HEALTH_PATH, Answer, Call, Caller, Publish, RestCore
 from chatsdk.testing._faults import NO_FAULT, FaultDecision, FaultInjector
-from chatsdk.testing._store import Counters, Store, user_id_for
-from chatsdk.testing._wire import (
-    MAX_BODY_BYTES,
-    ApiError,
-    error_body,
-    rfc3339,
-    validate_channel_id,
-    validate_idempotency_key,
-    validate_limit,
-    validate_message_create,
-    validate_message_edit,
-    validate_reaction,
-    validate_reaction_create,
-)
+from chatsdk.testing._store import Counters, Store
+from chatsdk.testing._wire import INJECTED_MESSAGES, MAX_BODY_BYTES, ApiError
 
 __all__ = ["RestApi", "reset_transport"]
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-Publish = Callable[[str, dict[str, Any]], object]
 
 
 class _RequestContext:
     """Per-request state set by the middleware (one asyncio task runs both)."""
 
-    __slots__ = ("api_key", "delay", "user")
+    __slots__ = ("caller", "delay")
 
     def __init__(self, delay: float) -> None:
         self.delay = delay
-        self.api_key = ""
-        self.user = ""
+        self.caller: Caller | None = None
 
 
 _CONTEXT: contextvars.ContextVar[_RequestContext] = contextvars.ContextVar("chatsdk_request")
@@ -92,7 +79,7 @@ def _error_response(error: ApiError) -> web.Response:
 
 
 class RestApi:
-    """The REST endpoints and the middleware, bound to a store and a fault injector.
+    """The aiohttp side of the REST API: fault injection around :class:`RestCore`.
 
     Args:
         store: the data.
@@ -115,27 +102,21 @@ class RestApi:
         injector: Callable[[], FaultInjector],
         publish: Publish,
     ) -> None:
-        self._store = store
         self._counters = counters
-        self._api_keys = tuple(api_keys)
-        self._forbidden_keys = tuple(forbidden_keys)
-        self._token_ttl = token_ttl
         self._injector = injector
-        self._publish = publish
+        self._core = RestCore(
+            store=store,
+            counters=counters,
+            api_keys=api_keys,
+            forbidden_keys=forbidden_keys,
+            token_ttl=token_ttl,
+            publish=publish,
+        )
 
     def install(self, app: web.Application) -> None:
-        """Add the middleware and routes to ``app``."""
+        """Add the middleware and the one route (RestCore routes every ``/api/*`` path)."""
         app.middlewares.append(self._middleware)
-        app.router.add_get("/api/health", self._health)
-        app.router.add_post("/api/messages", self._create_message)
-        app.router.add_get("/api/channels/{channel_id}/messages", self._list_messages)
-        app.router.add_patch("/api/messages/{message_id}", self._edit_message)
-        app.router.add_delete("/api/messages/{message_id}", self._delete_message)
-        app.router.add_post("/api/reactions", self._create_reaction)
-        app.router.add_delete(
-            "/api/messages/{message_id}/reactions/{reaction}", self._delete_reaction
-        )
-        app.router.add_post("/api/realtime/token", self._realtime_token)
+        app.router.add_route("*", "/api/{tail:.*}", self._dispatch)
 
     # -- middleware --------------------------------------------------------------------
 
@@ -144,7 +125,7 @@ class RestApi:
         if not request.path.startswith("/api/"):
             return await handler(request)
         self._counters.inc("requests")
-        health = request.path == "/api/health"
+        health = request.path == HEALTH_PATH
         decision = NO_FAULT if health else self._injector().decide()
         early = await self._early_fault(request, decision)
         if early is not None:
@@ -154,8 +135,7 @@ class RestApi:
         if decision.delay > 0:
             self._counters.inc("fault.delay")
         try:
-            if not health:
-                self._authenticate(request, context)
+            context.caller = self._core.authenticate(_call(request, b""))
             if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
                 raise ApiError(413, f"body: larger than {MAX_BODY_BYTES} bytes")
             response = await handler(request)
@@ -163,12 +143,6 @@ class RestApi:
             response = _error_response(error)
         except web.HTTPRequestEntityTooLarge:
             response = _error_response(ApiError(413, f"body: larger than {MAX_BODY_BYTES} bytes"))
-        except web.HTTPException as exc:
-            if exc.status < 400:
-                raise
-            code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "error")
-            headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
-            response = _json_response(exc.status, error_body(code, exc.reason), headers)
         self._counters.inc(f"status.{response.status}")
         if decision.kind == "drop_after":
             self._counters.inc("fault.drop_after")
@@ -197,180 +171,39 @@ class RestApi:
             return web.Response(
                 status=decision.status, text=text, content_type="text/html", headers=headers
             )
-        messages = {
-            429: "too many requests, slow down",
-            500: "internal server error (injected)",
-            502: "bad gateway (injected)",
-            503: "service unavailable (injected)",
-            504: "gateway timeout (injected)",
-        }
-        error = ApiError(decision.status, messages[decision.status], headers=headers)
+        error = ApiError(decision.status, INJECTED_MESSAGES[decision.status], headers=headers)
         return _error_response(error)
 
-    def _authenticate(self, request: web.Request, context: _RequestContext) -> None:
-        key = request.headers.get("X-API-Key")
-        if not key:
-            raise ApiError(401, "missing X-API-Key header")
-        if any(hmac.compare_digest(key, k) for k in self._forbidden_keys):
-            raise ApiError(403, "this API key may not use this API")
-        if not any(hmac.compare_digest(key, k) for k in self._api_keys):
-            raise ApiError(401, "invalid API key")
-        context.api_key = key
-        context.user = user_id_for(key)
+    # -- the one handler ---------------------------------------------------------------
 
-    # -- helpers -----------------------------------------------------------------------
-
-    async def _work(self, request: web.Request) -> None:
-        """Injected processing latency, at the point where the request is processed."""
-        delay = _CONTEXT.get().delay
-        if delay > 0:
-            await asyncio.sleep(delay)
-
-    @staticmethod
-    async def _json(request: web.Request) -> Any:
-        raw = await request.read()
-        if len(raw) > MAX_BODY_BYTES:
-            raise ApiError(413, f"body: larger than {MAX_BODY_BYTES} bytes")
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        """Hand the request to RestCore, with the injected latency where work happens."""
+        pending = self._core.prepare(_call(request, await request.read()), _CONTEXT.get().caller)
+        if pending.answer is not None:
+            return _answer_response(pending.answer)
         try:
-            return json.loads(raw)
-        except (UnicodeDecodeError, ValueError):
-            raise ApiError(400, "body: must be valid UTF-8 JSON") from None
-
-    async def _idempotent(
-        self,
-        request: web.Request,
-        body: Any,
-        action: Callable[[], tuple[int, dict[str, Any]]],
-    ) -> web.Response:
-        key = validate_idempotency_key(request.headers.get("Idempotency-Key"))
-        if key is None:
-            await self._work(request)
-            status, answer = action()
-            return _json_response(status, answer)
-        canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        fingerprint = hashlib.sha256(
-            f"{request.method} {request.path}\n{canonical}".encode()
-        ).hexdigest()
-        scope = (_CONTEXT.get().api_key, key)
-        outcome, status, stored = self._store.idempotency_begin(scope, fingerprint)
-        if outcome == "replay":
-            self._counters.inc("replays")
-            return _json_response(status, stored, {"Idempotent-Replayed": "true"})
-        if outcome == "in_progress":
-            self._counters.inc("conflicts")
-            raise ApiError(409, "a request with this Idempotency-Key is still being processed")
-        if outcome == "mismatch":
-            self._counters.inc("key_reused")
-            raise ApiError(422, "this Idempotency-Key was used with a different request body")
-        self._counters.inc("idempotency_reserved")
-        try:
-            await self._work(request)
-            status, answer = action()
+            delay = _CONTEXT.get().delay
+            if delay > 0:
+                await asyncio.sleep(delay)
+            answer = pending.run()
         except BaseException:
-            self._store.idempotency_abandon(scope)
+            pending.abandon()
             raise
-        self._store.idempotency_finish(scope, status, answer)
-        return _json_response(status, answer)
+        return _answer_response(answer)
 
-    # -- handlers ----------------------------------------------------------------------
 
-    async def _health(self, request: web.Request) -> web.Response:
-        return _json_response(200, {"status": "ok"})
+def _call(request: web.Request, body: bytes) -> Call:
+    return Call(
+        method=request.method,
+        path=request.rel_url.raw_path,
+        query=request.query,
+        headers=request.headers,
+        body=body,
+        host=request.host,
+    )
 
-    async def _create_message(self, request: web.Request) -> web.Response:
-        body = await self._json(request)
-        fields = validate_message_create(body)
-        user = _CONTEXT.get().user
 
-        def create() -> tuple[int, dict[str, Any]]:
-            message = self._store.create_message(fields, user)
-            self._counters.inc("creates")
-            self._counters.inc("messages_created")
-            self._publish(
-                f"chat:{message['channelId']}", {"type": "message.new", "message": message}
-            )
-            return 201, message
-
-        return await self._idempotent(request, body, create)
-
-    async def _list_messages(self, request: web.Request) -> web.Response:
-        channel_id = validate_channel_id(request.match_info["channel_id"])
-        limit = validate_limit(request.query.get("limit"))
-        before = request.query.get("before")
-        if before is not None and not before:
-            raise ApiError(400, "before: must be a message id")
-        await self._work(request)
-        page = self._store.list_messages(channel_id, limit, before)
-        if page is None:
-            raise ApiError(400, "before: no such message in this channel")
-        messages, has_more = page
-        return _json_response(200, {"messages": messages, "hasMore": has_more})
-
-    async def _edit_message(self, request: web.Request) -> web.Response:
-        message_id = request.match_info["message_id"]
-        text = validate_message_edit(await self._json(request))
-        await self._work(request)
-        message = self._store.edit_message(message_id, text)
-        if message is None:
-            raise ApiError(404, f"no message {message_id!r}")
-        self._publish(
-            f"chat:{message['channelId']}", {"type": "message.updated", "message": message}
-        )
-        return _json_response(200, message)
-
-    async def _delete_message(self, request: web.Request) -> web.StreamResponse:
-        message_id = request.match_info["message_id"]
-        await self._work(request)
-        exists, message = self._store.delete_message(message_id)
-        if not exists:
-            raise ApiError(404, f"no message {message_id!r}")
-        if message is not None:
-            self._publish(
-                f"chat:{message['channelId']}", {"type": "message.deleted", "message": message}
-            )
-        return web.Response(status=204)
-
-    async def _create_reaction(self, request: web.Request) -> web.Response:
-        body = await self._json(request)
-        message_id, reaction = validate_reaction_create(body)
-        user = _CONTEXT.get().user
-
-        def create() -> tuple[int, dict[str, Any]]:
-            added = self._store.add_reaction(message_id, reaction, user)
-            if added is None:
-                raise ApiError(404, f"no message {message_id!r}")
-            wire, created = added
-            if not created:
-                return 200, wire
-            self._counters.inc("creates")
-            self._counters.inc("reactions_created")
-            channel = self._store.channel_of(message_id)
-            self._publish(f"chat:{channel}", {"type": "reaction.added", "reaction": wire})
-            return 201, wire
-
-        return await self._idempotent(request, body, create)
-
-    async def _delete_reaction(self, request: web.Request) -> web.StreamResponse:
-        message_id = request.match_info["message_id"]
-        reaction = validate_reaction(request.match_info["reaction"])
-        await self._work(request)
-        if not self._store.message_exists(message_id):
-            raise ApiError(404, f"no message {message_id!r}")
-        removed = self._store.remove_reaction(message_id, reaction, _CONTEXT.get().user)
-        if removed is not None:
-            channel = self._store.channel_of(message_id)
-            self._publish(f"chat:{channel}", {"type": "reaction.removed", "reaction": removed})
-        return web.Response(status=204)
-
-    async def _realtime_token(self, request: web.Request) -> web.Response:
-        await self._work(request)
-        token, expires_at = self._store.issue_token(_CONTEXT.get().user, self._token_ttl())
-        self._counters.inc("tokens_issued")
-        return _json_response(
-            200,
-            {
-                "token": token,
-                "url": f"ws://{request.host}/connection/websocket",
-                "expiresAt": rfc3339(expires_at),
-            },
-        )
+def _answer_response(answer: Answer) -> web.StreamResponse:
+    if answer.body is None:
+        return web.Response(status=answer.status, headers=answer.headers)
+    return _json_response(answer.status, answer.body, answer.headers)

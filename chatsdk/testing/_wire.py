@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from typing import Any
 
 __all__ = [
+    "ERROR_CODES",
+    "INJECTED_MESSAGES",
     "MAX_ATTACHMENTS",
     "MAX_BODY_BYTES",
     "MAX_REACTION_CHARS",
@@ -55,6 +57,17 @@ ERROR_CODES: Mapping[int, str] = {
     502: "bad_gateway",
     503: "unavailable",
     504: "gateway_timeout",
+}
+
+
+#: The message of each status a fault injects (the reference server's and the in-memory
+#: transport's).
+INJECTED_MESSAGES: Mapping[int, str] = {
+    429: "too many requests, slow down",
+    500: "internal server error (injected)",
+    502: "bad gateway (injected)",
+    503: "service unavailable (injected)",
+    504: "gateway timeout (injected)",
 }
 
 

@@ -1,7 +1,14 @@
-"""Every rule of API.md, checked against the reference server with plain ``requests``."""
+"""Every rule of API.md, checked with plain ``requests`` against both backends.
+
+Tests taking ``srv`` run twice: against the reference server over loopback, and against
+:class:`~chatsdk.testing.InMemoryTransport` mounted on the ``requests`` session, so the two
+cannot drift apart. Tests that need the server's random fault plans or real concurrency
+build their own ReferenceServer.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import threading
 import time
@@ -11,26 +18,41 @@ from typing import Any
 import pytest
 import requests
 
-from chatsdk.testing import MAX_BODY_BYTES, FaultPlan, ReferenceServer
+from chatsdk.testing import MAX_BODY_BYTES, FaultPlan, InMemoryTransport, ReferenceServer
 from tests.helpers import FakeClock, wait_until
 
 KEY = {"X-API-Key": "test-key"}
+KEYS: dict[str, Any] = {"api_keys": ("test-key", "other-key"), "forbidden_keys": ("banned",)}
+
+Backend = ReferenceServer | InMemoryTransport
+
+
+@pytest.fixture(params=["server", "memory"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 @pytest.fixture
-def srv() -> Iterator[ReferenceServer]:
-    with ReferenceServer(api_keys=("test-key", "other-key"), forbidden_keys=("banned",)) as s:
+def srv(backend: str) -> Iterator[Backend]:
+    if backend == "memory":
+        yield InMemoryTransport(**KEYS)
+        return
+    with ReferenceServer(**KEYS) as s:
         yield s
 
 
 @pytest.fixture
-def http() -> Iterator[requests.Session]:
+def http(request: pytest.FixtureRequest) -> Iterator[requests.Session]:
     with requests.Session() as session:
+        if "srv" in request.fixturenames:
+            backend = request.getfixturevalue("srv")
+            if isinstance(backend, InMemoryTransport):
+                session.mount("http://", backend)
         yield session
 
 
 def post_message(
-    http: requests.Session, srv: ReferenceServer, body: Any, key: str | None = None, **kw: Any
+    http: requests.Session, srv: Backend, body: Any, key: str | None = None, **kw: Any
 ) -> requests.Response:
     headers = dict(KEY)
     if key is not None:
@@ -52,7 +74,7 @@ def assert_error(response: requests.Response, status: int, code: str) -> str:
 # -- health and authentication -------------------------------------------------------------
 
 
-def test_health_needs_no_key(srv: ReferenceServer, http: requests.Session) -> None:
+def test_health_needs_no_key(srv: Backend, http: requests.Session) -> None:
     response = http.get(f"{srv.url}/api/health", timeout=5)
     assert response.status_code == 200
     assert response.json() == {"status": "ok"}
@@ -60,7 +82,7 @@ def test_health_needs_no_key(srv: ReferenceServer, http: requests.Session) -> No
 
 @pytest.mark.parametrize("headers", [{}, {"X-API-Key": "wrong"}, {"X-API-Key": ""}])
 def test_missing_or_wrong_key_is_401(
-    srv: ReferenceServer, http: requests.Session, headers: dict[str, str]
+    srv: Backend, http: requests.Session, headers: dict[str, str]
 ) -> None:
     response = http.post(
         f"{srv.url}/api/messages", json={"channelId": "c", "text": "t"}, headers=headers, timeout=5
@@ -69,16 +91,14 @@ def test_missing_or_wrong_key_is_401(
     assert srv.messages("c") == []
 
 
-def test_forbidden_key_is_403(srv: ReferenceServer, http: requests.Session) -> None:
+def test_forbidden_key_is_403(srv: Backend, http: requests.Session) -> None:
     response = http.get(
         f"{srv.url}/api/channels/c/messages", headers={"X-API-Key": "banned"}, timeout=5
     )
     assert_error(response, 403, "forbidden")
 
 
-def test_unknown_path_and_method_get_json_errors(
-    srv: ReferenceServer, http: requests.Session
-) -> None:
+def test_unknown_path_and_method_get_json_errors(srv: Backend, http: requests.Session) -> None:
     assert_error(http.get(f"{srv.url}/api/nope", headers=KEY, timeout=5), 404, "not_found")
     response = http.put(f"{srv.url}/api/messages", headers=KEY, timeout=5)
     assert_error(response, 405, "method_not_allowed")
@@ -113,7 +133,7 @@ GOOD = {"channelId": "general", "text": "hello"}
     ],
 )
 def test_message_validation_names_the_field(
-    srv: ReferenceServer, http: requests.Session, body: Any, field: str
+    srv: Backend, http: requests.Session, body: Any, field: str
 ) -> None:
     message = assert_error(post_message(http, srv, body, key="k"), 400, "invalid_request")
     assert message.startswith(f"{field}:"), message
@@ -121,19 +141,19 @@ def test_message_validation_names_the_field(
     assert srv.counters()["creates"] == 0
 
 
-def test_invalid_json_body_is_400(srv: ReferenceServer, http: requests.Session) -> None:
+def test_invalid_json_body_is_400(srv: Backend, http: requests.Session) -> None:
     response = http.post(f"{srv.url}/api/messages", data=b"{nope", headers=KEY, timeout=5)
     assert assert_error(response, 400, "invalid_request").startswith("body:")
 
 
 @pytest.mark.parametrize("key", ["x" * 256, "has space", "tab\tkey", "é"])
-def test_bad_idempotency_key_is_400(srv: ReferenceServer, http: requests.Session, key: str) -> None:
+def test_bad_idempotency_key_is_400(srv: Backend, http: requests.Session, key: str) -> None:
     headers = {**KEY, "Idempotency-Key": key.encode("utf-8").decode("latin-1")}
     response = http.post(f"{srv.url}/api/messages", json=GOOD, headers=headers, timeout=5)
     assert assert_error(response, 400, "invalid_request").startswith("Idempotency-Key:")
 
 
-def test_limits_are_inclusive(srv: ReferenceServer, http: requests.Session) -> None:
+def test_limits_are_inclusive(srv: Backend, http: requests.Session) -> None:
     body = {
         "channelId": "A-z_0.9:x" + "y" * 119,
         "text": "  " + "x" * 4000 + "  ",
@@ -158,13 +178,13 @@ def test_limits_are_inclusive(srv: ReferenceServer, http: requests.Session) -> N
     ],
 )
 def test_reaction_validation_names_the_field(
-    srv: ReferenceServer, http: requests.Session, body: dict[str, Any], field: str
+    srv: Backend, http: requests.Session, body: dict[str, Any], field: str
 ) -> None:
     response = http.post(f"{srv.url}/api/reactions", json=body, headers=KEY, timeout=5)
     assert assert_error(response, 400, "invalid_request").startswith(f"{field}:")
 
 
-def test_edit_validation_names_the_field(srv: ReferenceServer, http: requests.Session) -> None:
+def test_edit_validation_names_the_field(srv: Backend, http: requests.Session) -> None:
     message = post_message(http, srv, GOOD).json()
     response = http.patch(
         f"{srv.url}/api/messages/{message['id']}", json={"text": " "}, headers=KEY, timeout=5
@@ -182,7 +202,7 @@ def test_edit_validation_names_the_field(srv: ReferenceServer, http: requests.Se
     ],
 )
 def test_list_validation_names_the_field(
-    srv: ReferenceServer, http: requests.Session, query: str, field: str
+    srv: Backend, http: requests.Session, query: str, field: str
 ) -> None:
     response = http.get(f"{srv.url}/api/channels/c/messages?{query}", headers=KEY, timeout=5)
     assert assert_error(response, 400, "invalid_request").startswith(f"{field}:")
@@ -193,7 +213,7 @@ def test_list_validation_names_the_field(
 # -- size limit ----------------------------------------------------------------------------
 
 
-def test_body_over_the_limit_is_413(srv: ReferenceServer, http: requests.Session) -> None:
+def test_body_over_the_limit_is_413(srv: Backend, http: requests.Session) -> None:
     body = {"channelId": "c", "text": "x", "pad": "y" * MAX_BODY_BYTES}
     response = post_message(http, srv, body, key="big")
     assert_error(response, 413, "payload_too_large")
@@ -212,7 +232,7 @@ def test_body_over_the_limit_is_413(srv: ReferenceServer, http: requests.Session
 # -- idempotency ---------------------------------------------------------------------------
 
 
-def test_same_key_same_body_replays(srv: ReferenceServer, http: requests.Session) -> None:
+def test_same_key_same_body_replays(srv: Backend, http: requests.Session) -> None:
     first = post_message(http, srv, GOOD, key="op-1")
     assert first.status_code == 201
     assert "Idempotent-Replayed" not in first.headers
@@ -224,7 +244,7 @@ def test_same_key_same_body_replays(srv: ReferenceServer, http: requests.Session
     assert srv.counters()["replays"] == 1
 
 
-def test_keys_are_scoped_per_api_key(srv: ReferenceServer, http: requests.Session) -> None:
+def test_keys_are_scoped_per_api_key(srv: Backend, http: requests.Session) -> None:
     post_message(http, srv, GOOD, key="shared")
     other = post_message(http, srv, GOOD, key="shared", headers={"X-API-Key": "other-key"})
     assert other.status_code == 201
@@ -232,7 +252,7 @@ def test_keys_are_scoped_per_api_key(srv: ReferenceServer, http: requests.Sessio
     assert len(srv.messages("general")) == 2
 
 
-def test_same_key_different_body_is_422(srv: ReferenceServer, http: requests.Session) -> None:
+def test_same_key_different_body_is_422(srv: Backend, http: requests.Session) -> None:
     assert post_message(http, srv, GOOD, key="op-2").status_code == 201
     changed = post_message(http, srv, {**GOOD, "text": "other"}, key="op-2")
     assert_error(changed, 422, "idempotency_key_reused")
@@ -260,17 +280,22 @@ def test_same_key_while_first_runs_is_409(http: requests.Session) -> None:
         assert srv.counters()["conflicts"] == 1
 
 
-def test_create_without_key_is_not_deduplicated(
-    srv: ReferenceServer, http: requests.Session
-) -> None:
+def test_create_without_key_is_not_deduplicated(srv: Backend, http: requests.Session) -> None:
     assert post_message(http, srv, GOOD).status_code == 201
     assert post_message(http, srv, GOOD).status_code == 201
     assert len(srv.messages("general")) == 2
 
 
-def test_idempotency_records_are_kept_24_hours() -> None:
+@pytest.mark.parametrize("backend", ["server", "memory"])
+def test_idempotency_records_are_kept_24_hours(backend: str) -> None:
     clock = FakeClock(start=time.time())
-    with ReferenceServer(clock=clock) as srv, requests.Session() as http:
+    memory = InMemoryTransport(clock=clock)
+    with contextlib.ExitStack() as stack, requests.Session() as http:
+        srv: Backend = memory
+        if backend == "server":
+            srv = stack.enter_context(ReferenceServer(clock=clock))
+        else:
+            http.mount("http://", memory)
         first = post_message(http, srv, GOOD, key="day")
         clock.now += 24 * 3600 - 1
         assert post_message(http, srv, GOOD, key="day").json()["id"] == first.json()["id"]
@@ -332,7 +357,7 @@ def test_proxy_style_html_error_bodies(http: requests.Session) -> None:
 # -- listing, editing, deleting ------------------------------------------------------------
 
 
-def test_paging_newest_first(srv: ReferenceServer, http: requests.Session) -> None:
+def test_paging_newest_first(srv: Backend, http: requests.Session) -> None:
     ids = [
         post_message(http, srv, {"channelId": "p", "text": f"m{i}"}).json()["id"] for i in range(7)
     ]
@@ -354,7 +379,7 @@ def test_paging_newest_first(srv: ReferenceServer, http: requests.Session) -> No
     assert empty == {"messages": [], "hasMore": False}
 
 
-def test_message_shape(srv: ReferenceServer, http: requests.Session) -> None:
+def test_message_shape(srv: Backend, http: requests.Session) -> None:
     message = post_message(http, srv, {**GOOD, "parentId": "p1"}).json()
     assert set(message) == {
         "id",
@@ -372,7 +397,7 @@ def test_message_shape(srv: ReferenceServer, http: requests.Session) -> None:
     assert srv.messages("general") == [message]
 
 
-def test_patch_and_delete(srv: ReferenceServer, http: requests.Session) -> None:
+def test_patch_and_delete(srv: Backend, http: requests.Session) -> None:
     message = post_message(http, srv, GOOD).json()
     url = f"{srv.url}/api/messages/{message['id']}"
     edited = http.patch(url, json={"text": "edited"}, headers=KEY, timeout=5)
@@ -389,7 +414,7 @@ def test_patch_and_delete(srv: ReferenceServer, http: requests.Session) -> None:
     assert_error(http.patch(missing, json={"text": "x"}, headers=KEY, timeout=5), 404, "not_found")
 
 
-def test_reactions(srv: ReferenceServer, http: requests.Session) -> None:
+def test_reactions(srv: Backend, http: requests.Session) -> None:
     message = post_message(http, srv, GOOD).json()
     body = {"messageId": message["id"], "reaction": "👍"}
     url = f"{srv.url}/api/reactions"
@@ -419,7 +444,7 @@ def test_reactions(srv: ReferenceServer, http: requests.Session) -> None:
     assert_error(http.delete(gone, headers=KEY, timeout=5), 404, "not_found")
 
 
-def test_realtime_token(srv: ReferenceServer, http: requests.Session) -> None:
+def test_realtime_token(srv: Backend, http: requests.Session) -> None:
     response = http.post(f"{srv.url}/api/realtime/token", headers=KEY, timeout=5)
     assert response.status_code == 200
     body = response.json()

@@ -450,10 +450,13 @@ def test_pytest_plugin_fixtures(
 
 
 def test_import_guard_names_the_extra() -> None:
+    # chatsdk.testing itself (the in-memory transport, test mode) needs no aiohttp; the
+    # reference server does, and says which extra brings it.
     code = (
         "import sys; sys.modules['aiohttp'] = None\n"
+        "import chatsdk.testing\n"
         "try:\n"
-        "    import chatsdk.testing\n"
+        "    from chatsdk.testing import ReferenceServer\n"
         "except ImportError as exc:\n"
         "    print(exc)\n"
     )
