@@ -88,7 +88,7 @@ class _Flight:
 
 
 @attrs.define
-class _Tap:
+class _RecentCreate:
     """A recent create without an explicit key, remembered for the multi-tap window."""
 
     key: str
@@ -122,7 +122,7 @@ class Deduplicator:
         self._max_entries = max_entries
         self._lock = threading.Lock()
         self._flights: dict[str, _Flight] = {}
-        self._taps: collections.OrderedDict[str, _Tap] = collections.OrderedDict()
+        self._taps: collections.OrderedDict[str, _RecentCreate] = collections.OrderedDict()
 
     def run(self, kind: str, body: dict[str, Any], key: str | None, send: Callable[[str], R]) -> R:
         """Create once: call ``send(key)`` unless an identical create can answer for it.
@@ -140,7 +140,7 @@ class Deduplicator:
             IdempotencyKeyReusedError: the key is in flight here with a different body.
         """
         print_ = fingerprint(kind, body)
-        tap: _Tap | None = None
+        tap: _RecentCreate | None = None
         if key is None:
             tap = self._tap(print_)
             if tap is not None and tap.result is not None:
@@ -157,7 +157,7 @@ class Deduplicator:
                 tap.result = result
         return result
 
-    def _tap(self, print_: str) -> _Tap | None:
+    def _tap(self, print_: str) -> _RecentCreate | None:
         """The window's entry for this intent, created if new; None when the window is off."""
         if self.window <= 0:
             return None
@@ -166,7 +166,7 @@ class Deduplicator:
             self._forget(now)
             tap = self._taps.get(print_)
             if tap is None:
-                tap = self._taps[print_] = _Tap(new_idempotency_key(), now)
+                tap = self._taps[print_] = _RecentCreate(new_idempotency_key(), now)
             return tap
 
     def _forget(self, now: float) -> None:

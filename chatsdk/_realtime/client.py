@@ -14,49 +14,30 @@ Threads:
 Only one connection is live at a time: attempts are made one after the other by the socket
 thread, and anything tied to an older connection (a late refresh, a timer) is dropped.
 
-Reconnect policy: the n-th consecutive reconnect waits
-``min(max, min + U(0, min(max, min * 2**min(n, 30))))``; the first reconnect after a working
-connection was closed by a restart or dropped (3001, 1001, 1006, 1012) waits
-``U(0, restart_spread)`` instead, so that many clients do not return in the same instant
-(and while the restarted server is not back yet, the jitter range of the next attempts stays
-at least ``restart_spread`` wide); ``n`` resets once a connection stayed up
-``stable_after`` seconds. Final close codes
-(3500-3999, 4500-4999) and final connect errors stop the client.
+The reconnect policy is :mod:`chatsdk._realtime.reconnect`; the socket thread's loop is
+:mod:`chatsdk._realtime.socket_loop`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import enum
 import logging
 import random as _random
-import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Protocol
-
-import websocket
+from typing import TYPE_CHECKING, Any
 
 from chatsdk._errors import (
-    CircuitBreakerOpenError,
     ConfigurationError,
-    ForbiddenError,
     InvalidResponseError,
     RealtimeError,
-    UnauthorizedError,
     ValidationError,
 )
-from chatsdk._realtime.connection import (
-    CODE_TOKEN_ERROR,
-    Connection,
-    Counters,
-    Outcome,
-    RealtimeStats,
-    Session,
-    reconnect_delay,
-)
+from chatsdk._realtime.connection import ClientContext, Connection
 from chatsdk._realtime.dispatch import Dispatcher
+from chatsdk._realtime.reconnect import ReconnectPolicy
+from chatsdk._realtime.socket_loop import BreakerLike, SocketLoop, close_socket
+from chatsdk._realtime.stats import Counters, RealtimeState, RealtimeStats
 from chatsdk._realtime.subscription import (
     PublicationCallback,
     RecoveryFailedCallback,
@@ -64,49 +45,14 @@ from chatsdk._realtime.subscription import (
     Subscription,
     SubscriptionState,
 )
-from chatsdk._version import __version__
 
 if TYPE_CHECKING:
     from chatsdk._realtime.events import ChatEvent
 
 log = logging.getLogger(__name__)
 
-#: Close codes of a working connection after which the first reconnect is spread over
-#: ``U(0, restart_spread)``: server shutdown/restart or a dropped transport.
-RESTART_CODES = frozenset({3001, 1001, 1006, 1012})
-#: A drop within this many seconds of opening counts as a breaker failure.
-BREAKER_HEALTHY_AFTER = 5.0
-_MAX_READ_SLICE = 0.25
 
-
-class RealtimeState(enum.Enum):
-    """The client's connection state."""
-
-    DISCONNECTED = "disconnected"
-    CONNECTING = "connecting"
-    CONNECTED = "connected"
-    SUSPENDED = "suspended"
-    CLOSED = "closed"
-
-
-def is_final_close_code(code: int) -> bool:
-    """True for close codes that forbid reconnecting (3500-3999 and 4500-4999)."""
-    return 3500 <= code <= 3999 or 4500 <= code <= 4999
-
-
-class _Permit(Protocol):
-    def success(self) -> None: ...  # pragma: no cover - protocol
-    def failure(self) -> None: ...  # pragma: no cover - protocol
-    def release(self) -> None: ...  # pragma: no cover - protocol
-
-
-class BreakerLike(Protocol):
-    """What the client needs of a circuit breaker (:class:`chatsdk.CircuitBreaker` fits)."""
-
-    def acquire(self) -> _Permit: ...  # pragma: no cover - protocol
-
-
-class RealtimeClient:
+class RealtimeClient(SocketLoop):
     """A realtime client that stays connected and delivers every publication once, in order.
 
     Args:
@@ -159,12 +105,6 @@ class RealtimeClient:
         self.url = url
         self._token = token or ""
         self._get_token = get_token
-        self._min_delay = float(min_reconnect_delay)
-        self._max_delay = float(max_reconnect_delay)
-        self._restart_spread = float(restart_spread)
-        self._stable_after = float(stable_after)
-        self._suspend_after = suspend_after
-        self._max_attempts = max_reconnect_attempts
         self._timeout = float(timeout)
         self._breaker = breaker
         self._on_state_change = on_state_change
@@ -184,10 +124,16 @@ class RealtimeClient:
         self._listeners: list[Callable[[], object]] = []
         self._error: RealtimeError | None = None
         self._counters = Counters()
-        self._step = 0  # consecutive reconnects (backoff exponent)
-        self._unconnected = 0  # consecutive attempts that never reached connected
-        self._restarting = False  # the last working connection ended with a restart code
-        self._session = Session(
+        self._policy = ReconnectPolicy(
+            min_delay=float(min_reconnect_delay),
+            max_delay=float(max_reconnect_delay),
+            restart_spread=float(restart_spread),
+            stable_after=float(stable_after),
+            suspend_after=suspend_after,
+            max_attempts=max_reconnect_attempts,
+            rng=self._rng,
+        )
+        self._context = ClientContext(
             lock=self._lock,
             subs=self._subs,
             dispatcher=self._dispatcher,
@@ -196,8 +142,8 @@ class RealtimeClient:
             rng=self._rng,
             timeout=self._timeout,
             ping_grace=float(ping_grace),
-            min_delay=self._min_delay,
-            max_delay=self._max_delay,
+            min_delay=float(min_reconnect_delay),
+            max_delay=float(max_reconnect_delay),
             get_token=get_token,
             on_connected=self._on_connected,
             spawn=self._spawn,
@@ -299,8 +245,7 @@ class RealtimeClient:
             self._running = True
             self._closing.clear()
             self._error = None
-            self._step = 0
-            self._unconnected = 0
+            self._policy.reset()
             self._dispatcher.start()
             self._set_state(RealtimeState.CONNECTING)
             self._thread = threading.Thread(target=self._run, name="chatsdk-realtime", daemon=True)
@@ -330,7 +275,7 @@ class RealtimeClient:
             thread = self._thread
             if conn is not None:
                 conn.live = False
-                _close_socket(conn.ws, 1000, "client closed")
+                close_socket(conn.ws, 1000, "client closed")
         started = time.monotonic()
         if thread is not None and thread is not threading.current_thread():
             thread.join(self._timeout + 1.0)
@@ -438,8 +383,7 @@ class RealtimeClient:
                 self._dispatcher.submit(self._on_state_change, old, new)
 
     def _on_connected(self, conn: Connection) -> None:
-        self._unconnected = 0
-        self._restarting = False
+        self._policy.connected()
         self._set_state(RealtimeState.CONNECTED)
         for listener in self._listeners:
             self._dispatcher.submit(listener)
@@ -460,199 +404,6 @@ class RealtimeClient:
             if conn is not None and conn.usable and was is not SubscriptionState.UNSUBSCRIBED:
                 conn.unsubscribe(sub.channel)
 
-    # -- the socket thread ---------------------------------------------------------------
-
-    def _run(self) -> None:
-        delay: float | None = None
-        try:
-            while not self._closing.is_set():
-                if delay is not None:
-                    with self._lock:
-                        self._counters.delays.append(delay)
-                    if self._closing.wait(delay):
-                        break
-                permit: _Permit | None = None
-                if self._breaker is not None:
-                    try:
-                        permit = self._breaker.acquire()
-                    except CircuitBreakerOpenError as exc:
-                        log.info(
-                            "realtime breaker %s is open; waiting %.2fs", exc.name, exc.retry_after
-                        )
-                        delay = max(exc.retry_after, 0.01)
-                        continue
-                outcome = self._attempt(permit)
-                if self._closing.is_set():
-                    break
-                delay = self._after_attempt(outcome)
-                if delay is None:
-                    break
-        except Exception:  # a bug must not leave a zombie client in CONNECTING
-            log.exception("the realtime socket thread failed")
-            self._stop_on_error(RealtimeError("the realtime socket thread failed"))
-        finally:
-            with self._lock:
-                self._running = False
-                self._changed.notify_all()
-
-    def _after_attempt(self, outcome: Outcome) -> float | None:
-        """Decide what follows an ended connection: the delay, or ``None`` to stop."""
-        with self._lock:
-            if outcome.handshake_failed:
-                self._counters.last_error = outcome.reason
-            else:
-                self._counters.last_code = outcome.code
-                self._counters.last_reason = outcome.reason
-        if outcome.final:
-            self._stop_on_error(
-                RealtimeError(
-                    f"realtime connection closed for good: {outcome.code} {outcome.reason}",
-                    code=outcome.code,
-                )
-            )
-            return None
-        if outcome.connected_for is not None:
-            if outcome.connected_for >= self._stable_after:
-                self._step = 0
-            self._restarting = outcome.code in RESTART_CODES
-            if self._restarting:
-                delay = self._rng.uniform(0.0, self._restart_spread)
-            else:
-                delay = reconnect_delay(self._step, self._min_delay, self._max_delay, self._rng)
-                self._step += 1
-            self._set_state(RealtimeState.CONNECTING)
-            return delay
-        self._unconnected += 1
-        if self._max_attempts is not None and self._unconnected >= self._max_attempts:
-            self._stop_on_error(
-                RealtimeError(
-                    f"gave up after {self._unconnected} attempts "
-                    f"(last: {outcome.code} {outcome.reason})",
-                    code=outcome.code,
-                )
-            )
-            return None
-        # Still down after a restart: keep the jitter at least as wide as restart_spread, or
-        # the clients that came too early would all return together when it is back.
-        delay = reconnect_delay(
-            self._step,
-            self._min_delay,
-            self._max_delay,
-            self._rng,
-            min_spread=self._restart_spread if self._restarting else 0.0,
-        )
-        self._step += 1
-        self._set_state(
-            RealtimeState.SUSPENDED
-            if self._unconnected >= self._suspend_after
-            else RealtimeState.CONNECTING
-        )
-        return delay
-
-    def _stop_on_error(self, error: RealtimeError) -> None:
-        log.warning("realtime client stopped: %s", error)
-        with self._lock:
-            self._error = error
-            self._set_state(RealtimeState.DISCONNECTED)
-
-    def _attempt(self, permit: _Permit | None) -> Outcome:
-        with self._lock:
-            self._counters.attempts += 1
-        outcome = self._open_and_read(permit)
-        if permit is not None:
-            if self._closing.is_set() and not outcome.handshake_failed:
-                permit.release()
-            elif outcome.handshake_failed or outcome.opened_for < BREAKER_HEALTHY_AFTER:
-                permit.failure()
-            else:
-                permit.success()
-        return outcome
-
-    def _open_and_read(self, permit: _Permit | None) -> Outcome:
-        try:
-            token = self._get_token() if self._get_token is not None else self._token
-        except (UnauthorizedError, ForbiddenError) as exc:
-            return Outcome(code=CODE_TOKEN_ERROR, reason=f"token refused: {exc}", final=True)
-        except Exception as exc:
-            log.log(
-                logging.WARNING if self._unconnected == 0 else logging.DEBUG,
-                "realtime token fetch failed: %s",
-                exc,
-            )
-            return Outcome(
-                code=CODE_TOKEN_ERROR, reason=f"token fetch failed: {exc}", handshake_failed=True
-            )
-        if self._closing.is_set():
-            return Outcome(code=1000, reason="client closed")
-        ws: Any = websocket.WebSocket(enable_multithread=True)
-        try:
-            ws.connect(self.url, timeout=self._timeout)  # bounded: it cannot be interrupted
-        except Exception as exc:
-            ws.shutdown()
-            log.info("realtime handshake with %s failed: %r", self.url, exc)
-            return Outcome(code=1006, reason=f"handshake failed: {exc}", handshake_failed=True)
-        with self._lock:
-            if self._closing.is_set():
-                ws.shutdown()
-                return Outcome(code=1000, reason="client closed")
-            conn = Connection(self._session, ws)
-            self._conn = conn
-            conn.send_connect(token, "chatsdk", __version__)
-        try:
-            outcome = self._read(conn, ws, permit)
-        finally:
-            with self._lock:
-                conn.live = False
-                self._conn = None
-                if conn.connected_at is not None:
-                    self._counters.connection_lost(self._clock())
-                for sub in self._subs.values():
-                    sub.connection_lost()
-            ws.shutdown()
-        now = self._clock()
-        outcome.opened_for = now - conn.opened_at
-        if conn.connected_at is not None:
-            outcome.connected_for = now - conn.connected_at
-        return outcome
-
-    def _read(self, conn: Connection, ws: Any, permit: _Permit | None) -> Outcome:
-        permit_settled = permit is None
-        while True:
-            with self._lock:
-                wait = conn.check_deadlines()
-                ending = conn.ending
-                if ending is None and conn.connected_at is not None:
-                    now = self._clock()
-                    if self._step and now - conn.connected_at >= self._stable_after:
-                        self._step = 0  # stable: the next drop starts the backoff over
-                    if not permit_settled and now - conn.opened_at >= BREAKER_HEALTHY_AFTER:
-                        permit_settled = True
-                        if permit is not None:
-                            permit.success()
-            if ending is not None:
-                _close_socket(ws, 1000, ending.reason)
-                return ending
-            if self._closing.is_set():
-                return Outcome(code=1000, reason="client closed")
-            slice_ = _MAX_READ_SLICE if wait is None else min(_MAX_READ_SLICE, wait)
-            try:
-                ws.settimeout(max(0.005, slice_))
-                opcode, frame = ws.recv_data_frame(True)
-            except websocket.WebSocketTimeoutException:
-                continue
-            except Exception as exc:
-                if self._closing.is_set():
-                    return Outcome(code=1000, reason="client closed")
-                return Outcome(code=1006, reason=f"connection lost: {exc!r}")
-            if opcode == websocket.ABNF.OPCODE_CLOSE:
-                code, reason = parse_close_frame(frame.data)
-                return Outcome(code=code, reason=reason, final=is_final_close_code(code))
-            if opcode in (websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY):
-                conn.handle_frame(frame.data)
-            else:
-                with self._lock:
-                    conn.last_recv = self._clock()  # a WebSocket-level ping is life too
-
 
 def _token_body(body: Mapping[str, Any]) -> tuple[str, str]:
     token = body.get("token") if isinstance(body, Mapping) else None
@@ -664,32 +415,4 @@ def _token_body(body: Mapping[str, Any]) -> tuple[str, str]:
     return token, url
 
 
-def parse_close_frame(data: bytes) -> tuple[int, str]:
-    """The status code and reason of a Close frame's payload (1005 when it has none)."""
-    if len(data) < 2:
-        return 1005, ""
-    code = int.from_bytes(data[:2], "big")
-    return code, data[2:].decode("utf-8", errors="replace")
-
-
-def _close_socket(ws: Any, code: int, reason: str) -> None:
-    """Send a Close frame if possible and wake a reader blocked on the socket."""
-    try:
-        if ws.connected:
-            ws.send_close(code, reason[:60])
-    except Exception as exc:
-        log.debug("realtime close frame not sent: %r", exc)
-    sock = getattr(ws, "sock", None)
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
-
-
-__all__ = [
-    "BreakerLike",
-    "RealtimeClient",
-    "RealtimeState",
-    "RealtimeStats",
-    "is_final_close_code",
-    "parse_close_frame",
-]
+__all__ = ["BreakerLike", "RealtimeClient", "RealtimeState", "RealtimeStats"]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import random
 import threading
-from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -36,6 +35,8 @@ from chatsdk._realtime.protocol import (
     parse_refresh_result,
     parse_subscribe_result,
 )
+from chatsdk._realtime.reconnect import Outcome, reconnect_delay
+from chatsdk._realtime.stats import Counters
 from chatsdk._realtime.subscription import Step, Subscription, SubscriptionState
 
 log = logging.getLogger(__name__)
@@ -45,145 +46,11 @@ log = logging.getLogger(__name__)
 CODE_NO_PING = 2
 CODE_REPLY_TIMEOUT = 3
 CODE_TOKEN_ERROR = 4
-_MAX_STEP = 30
-_KEPT_DELAYS = 1000
-
-
-def reconnect_delay(
-    step: int, min_delay: float, max_delay: float, rng: random.Random, *, min_spread: float = 0.0
-) -> float:
-    """The delay before the ``step``-th consecutive reconnect (``step`` from 0).
-
-    ``min(max, min + U(0, min(max, min * 2**min(step, 30))))``: the centrifuge clients'
-    full-jitter formula with the exponent capped. ``min_spread`` widens the jitter range to
-    at least that many seconds (used while a restarted server comes back, so clients that
-    tried too early do not all return in the same instant).
-    """
-    ceiling = max(min_spread, min(max_delay, min_delay * 2 ** min(step, _MAX_STEP)))
-    return min(max_delay, min_delay + rng.uniform(0.0, ceiling))
 
 
 def refresh_delay(ttl: float) -> float:
     """When to refresh a token that expires in ``ttl`` seconds: shortly before it does."""
     return max(0.0, ttl - min(ttl * 0.1, 30.0))
-
-
-@attrs.frozen
-class RealtimeStats:
-    """A snapshot of a client's counters.
-
-    Attributes:
-        attempts: connection attempts started.
-        connects: attempts that reached ``connected``.
-        last_close_code: why the last connection ended (a close code, a protocol error
-            code, or a client-side code below 1000: 2 no ping, 3 reply timeout, 4 token).
-        last_close_reason: the matching reason text.
-        last_error: why the last attempt that opened no connection failed (handshake,
-            token endpoint), or "".
-        reconnect_delays: the delays waited before reconnects (the latest 1000).
-        reconnect_times: seconds from the end of a working connection to every subscription
-            being subscribed again on a new one (the latest 1000).
-        recoveries: subscribe replies that filled a gap (``recovered: true``).
-        recovery_failures: subscribe replies that could not (``on_recovery_failed``).
-        duplicates_dropped: publications dropped as already handed over.
-        gaps: jumps in offsets seen (each one recovered by subscribing again).
-        dropped_lines: protocol lines dropped as malformed.
-        pings: server pings received.
-        pongs: pongs sent.
-    """
-
-    attempts: int
-    connects: int
-    last_close_code: int | None
-    last_close_reason: str
-    last_error: str
-    reconnect_delays: tuple[float, ...]
-    reconnect_times: tuple[float, ...]
-    recoveries: int
-    recovery_failures: int
-    duplicates_dropped: int
-    gaps: int
-    dropped_lines: int
-    pings: int
-    pongs: int
-
-
-@attrs.define
-class Counters:
-    """The client's mutable counters (under the client's lock)."""
-
-    attempts: int = 0
-    connects: int = 0
-    last_code: int | None = None
-    last_reason: str = ""
-    last_error: str = ""
-    delays: deque[float] = attrs.field(factory=lambda: deque(maxlen=_KEPT_DELAYS))
-    reconnect_times: deque[float] = attrs.field(factory=lambda: deque(maxlen=_KEPT_DELAYS))
-    down_since: float | None = None
-    recoveries: int = 0
-    recovery_failures: int = 0
-    duplicates: int = 0
-    gaps: int = 0
-    dropped: int = 0
-    pings: int = 0
-    pongs: int = 0
-
-    def snapshot(self) -> RealtimeStats:
-        """A frozen copy."""
-        return RealtimeStats(
-            attempts=self.attempts,
-            connects=self.connects,
-            last_close_code=self.last_code,
-            last_close_reason=self.last_reason,
-            last_error=self.last_error,
-            reconnect_delays=tuple(self.delays),
-            reconnect_times=tuple(self.reconnect_times),
-            recoveries=self.recoveries,
-            recovery_failures=self.recovery_failures,
-            duplicates_dropped=self.duplicates,
-            gaps=self.gaps,
-            dropped_lines=self.dropped,
-            pings=self.pings,
-            pongs=self.pongs,
-        )
-
-    def connection_lost(self, now: float) -> None:
-        """A working connection ended: the reconnect clock starts (unless it runs)."""
-        if self.down_since is None:
-            self.down_since = now
-
-    def maybe_restored(self, now: float, subs: dict[str, Subscription]) -> None:
-        """Stop the reconnect clock once every wanted subscription is subscribed."""
-        if self.down_since is None:
-            return
-        if all(sub.state is SubscriptionState.SUBSCRIBED for sub in subs.values() if sub.active):
-            self.reconnect_times.append(now - self.down_since)
-            self.down_since = None
-
-    def count_drop(self, _reason: str) -> None:
-        """One protocol line dropped."""
-        self.dropped += 1
-
-
-@attrs.define
-class Outcome:
-    """How a connection ended.
-
-    Attributes:
-        code: close code, protocol error code or client-side code (``CODE_*``).
-        reason: human-readable reason.
-        final: reconnecting is forbidden (final close code or final connect error).
-        handshake_failed: no WebSocket was established (or no token could be had).
-        connected_for: seconds it was ``connected`` (``None``: it never was).
-        opened_for: seconds the socket was open.
-    """
-
-    code: int | None = None
-    reason: str = ""
-    final: bool = False
-    handshake_failed: bool = False
-    connected_for: float | None = None
-    opened_for: float = 0.0
 
 
 class WebSocketLike(Protocol):
@@ -193,7 +60,7 @@ class WebSocketLike(Protocol):
 
 
 @attrs.frozen
-class Session:
+class ClientContext:
     """What every connection of one client shares with it.
 
     Attributes:
@@ -235,20 +102,20 @@ class _Pending:
 
 
 class Connection:
-    """The protocol session of one WebSocket (guarded by the session's lock).
+    """The protocol session of one WebSocket (guarded by the client's lock).
 
     Attributes:
         ws: the socket.
-        opened_at: when the handshake completed (session clock).
+        opened_at: when the handshake completed (the client's clock).
         connected_at: when the connect reply arrived (``None`` before).
         live: False once the client moved on; an old connection's events are ignored.
         ending: set when the connection must be closed; the socket thread closes it.
     """
 
-    def __init__(self, session: Session, ws: WebSocketLike) -> None:
-        self.session = session
+    def __init__(self, context: ClientContext, ws: WebSocketLike) -> None:
+        self.context = context
         self.ws = ws
-        self.opened_at = session.clock()
+        self.opened_at = context.clock()
         self.last_recv = self.opened_at
         self.connected_at: float | None = None
         self.live = True
@@ -290,7 +157,7 @@ class Connection:
         self, kind: str, params: dict[str, Any], sub: Subscription | None = None
     ) -> dict[str, Any]:
         self._next_id += 1
-        deadline = self.session.clock() + self.session.timeout
+        deadline = self.context.clock() + self.context.timeout
         self._pending[self._next_id] = _Pending(kind, deadline, sub)
         if kind == "subscribe" and sub is not None:
             self._latest_subscribe[sub.channel] = self._next_id
@@ -310,23 +177,23 @@ class Connection:
 
     def check_deadlines(self) -> float | None:
         """Act on due deadlines; seconds until the next one (``None``: none scheduled)."""
-        session = self.session
-        now = session.clock()
+        context = self.context
+        now = context.clock()
         upcoming: list[float] = []
         for pending in self._pending.values():
             if pending.deadline <= now:
                 self.ending = Outcome(
                     code=CODE_REPLY_TIMEOUT,
-                    reason=(f"no {pending.kind} reply within {session.timeout:g}s"),
+                    reason=(f"no {pending.kind} reply within {context.timeout:g}s"),
                 )
                 return 0.0
             upcoming.append(pending.deadline)
         if self.connected_at is not None and self.ping > 0:
-            dead_at = self.last_recv + self.ping + session.ping_grace
+            dead_at = self.last_recv + self.ping + context.ping_grace
             if dead_at <= now:
                 self.ending = Outcome(
                     code=CODE_NO_PING,
-                    reason=(f"nothing received for {self.ping + session.ping_grace:g}s"),
+                    reason=(f"nothing received for {self.ping + context.ping_grace:g}s"),
                 )
                 return 0.0
             upcoming.append(dead_at)
@@ -347,16 +214,16 @@ class Connection:
 
     def handle_frame(self, payload: str | bytes) -> None:
         """Handle one received text frame; malformed lines are logged and dropped."""
-        session = self.session
-        with session.lock:
+        context = self.context
+        with context.lock:
             if not self.live or self.ending is not None:
                 return  # an older connection: its events no longer count
-            self.last_recv = session.clock()
-            for item in decode_frame(payload, session.counters.count_drop):
+            self.last_recv = context.clock()
+            for item in decode_frame(payload, context.counters.count_drop):
                 try:
                     self._handle_item(item)
                 except ProtocolViolation as exc:
-                    session.counters.count_drop(str(exc))
+                    context.counters.count_drop(str(exc))
                     log.warning("dropped a malformed realtime reply: %s", exc)
                 if self._ended():
                     return
@@ -365,7 +232,7 @@ class Connection:
         return self.ending is not None
 
     def _handle_item(self, item: Item) -> None:
-        counters = self.session.counters
+        counters = self.context.counters
         if isinstance(item, Ping):
             counters.pings += 1
             if self.pong:
@@ -374,7 +241,7 @@ class Connection:
         elif isinstance(item, Reply):
             self._handle_reply(item)
         elif isinstance(item, PublicationPush):
-            sub = self.session.subs.get(item.channel)
+            sub = self.context.subs.get(item.channel)
             if sub is None or not sub.active:
                 log.debug("publication for unknown channel %s dropped", item.channel)
                 return
@@ -405,26 +272,26 @@ class Connection:
             )
             return
         result = parse_connect_result(reply.result("connect"))
-        now = self.session.clock()
+        now = self.context.clock()
         self.connected_at = now
         self.ping = result.ping
         self.pong = result.pong
         if result.expires and result.ttl > 0:
             self._refresh_at = now + refresh_delay(result.ttl)
-        self.session.counters.connects += 1
-        self.session.on_connected(self)
+        self.context.counters.connects += 1
+        self.context.on_connected(self)
         self._send(
             *(
                 self._command("subscribe", sub.subscribe_params(), sub)
-                for sub in self.session.subs.values()
+                for sub in self.context.subs.values()
                 if sub.active
             )
         )
-        self.session.counters.maybe_restored(now, self.session.subs)
+        self.context.counters.maybe_restored(now, self.context.subs)
 
     def _on_subscribe_reply(self, reply: Reply, pending: _Pending) -> None:
         sub = pending.sub
-        subs = self.session.subs
+        subs = self.context.subs
         if (
             sub is None
             or subs.get(sub.channel) is not sub
@@ -438,11 +305,11 @@ class Connection:
                 self._resubscribe(sub, unsubscribe_first=True)
             elif sub.on_subscribe_error(err):
                 delay = reconnect_delay(
-                    0, self.session.min_delay, self.session.max_delay, self.session.rng
+                    0, self.context.min_delay, self.context.max_delay, self.context.rng
                 )
                 self._timers.append(
                     (
-                        self.session.clock() + delay,
+                        self.context.clock() + delay,
                         lambda: self._resubscribe(sub, unsubscribe_first=False),
                     )
                 )
@@ -454,7 +321,7 @@ class Connection:
             return
         result = parse_subscribe_result(reply.result("subscribe"))
         self._apply_step(sub, sub.on_subscribe_result(result))
-        self.session.counters.maybe_restored(self.session.clock(), subs)
+        self.context.counters.maybe_restored(self.context.clock(), subs)
 
     def _on_refresh_reply(self, reply: Reply) -> None:
         self._refreshing = False
@@ -469,13 +336,13 @@ class Connection:
         result = parse_refresh_result(reply.result("refresh"))
         self._refresh_failures = 0
         self._refresh_at = (
-            self.session.clock() + refresh_delay(result.ttl)
+            self.context.clock() + refresh_delay(result.ttl)
             if result.expires and result.ttl > 0
             else None
         )
 
     def _handle_unsubscribe_push(self, push: UnsubscribePush) -> None:
-        subs = self.session.subs
+        subs = self.context.subs
         sub = subs.get(push.channel)
         if sub is None:
             return
@@ -489,8 +356,8 @@ class Connection:
             self._resubscribe(sub, unsubscribe_first=False)
 
     def _apply_step(self, sub: Subscription, step: Step) -> None:
-        dispatcher = self.session.dispatcher
-        counters = self.session.counters
+        dispatcher = self.context.dispatcher
+        counters = self.context.counters
         if step.rebase is not None:
             dispatcher.submit(sub.rebase, step.rebase, step.recovery_failed)
         for pub in step.deliver:
@@ -514,7 +381,7 @@ class Connection:
     # -- token refresh ---------------------------------------------------------------
 
     def _start_refresh(self) -> None:
-        get_token = self.session.get_token
+        get_token = self.context.get_token
         if get_token is None:
             log.info("the realtime token expires soon and there is no get_token to refresh it")
             self._refresh_at = None
@@ -526,18 +393,18 @@ class Connection:
                 token = get_token()
             except Exception as exc:
                 log.warning("realtime token refresh failed: %s", exc)
-                with self.session.lock:
+                with self.context.lock:
                     self._refreshing = False
                     self._schedule_refresh_retry()
                 return
-            with self.session.lock:
+            with self.context.lock:
                 if self.usable:
                     self._send_raw(encode(self._command("refresh", {"token": token})))
 
-        self.session.spawn(refresh)
+        self.context.spawn(refresh)
 
     def _schedule_refresh_retry(self) -> None:
         self._refresh_failures += 1
-        self._refresh_at = self.session.clock() + reconnect_delay(
-            self._refresh_failures, 1.0, 30.0, self.session.rng
+        self._refresh_at = self.context.clock() + reconnect_delay(
+            self._refresh_failures, 1.0, 30.0, self.context.rng
         )

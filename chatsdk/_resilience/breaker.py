@@ -32,7 +32,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Hashable
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import attrs
 
@@ -40,7 +40,6 @@ from chatsdk._errors import CircuitBreakerOpenError
 from chatsdk._validation import non_negative, positive
 
 __all__ = [
-    "BoundedRegistry",
     "BreakerPolicy",
     "BreakerSnapshot",
     "CircuitBreaker",
@@ -50,7 +49,6 @@ __all__ = [
 
 log = logging.getLogger("chatsdk.breaker")
 
-T = TypeVar("T")
 R = TypeVar("R")
 
 Clock = Callable[[], float]
@@ -510,71 +508,3 @@ class CircuitBreaker:
                     listener(self, old, new)
                 except Exception:
                     log.exception("circuit %s: state listener %r failed", self.name, listener)
-
-
-class BoundedRegistry(Generic[T]):
-    """A thread-safe name -> object map that keeps at most ``max_size`` evictable entries.
-
-    Objects are created on first use by ``factory(name)``. Past ``max_size``, the least
-    recently used entries for which ``evictable(entry)`` is true are dropped (e.g. breakers of
-    idle hosts that are CLOSED); entries that are not evictable are kept even past the limit.
-
-    Args:
-        factory: builds the object for a new name (called with the registry's lock held, so
-            keep it cheap and never touch the registry from it).
-        max_size: entries kept before evicting.
-        evictable: whether an entry may be dropped.
-
-    Raises:
-        ValueError: ``max_size`` is not an int >= 1.
-    """
-
-    def __init__(
-        self,
-        factory: Callable[[str], T],
-        *,
-        max_size: int = 256,
-        evictable: Callable[[T], bool] = lambda _value: True,
-    ) -> None:
-        if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1:
-            raise ValueError(f"max_size must be an int >= 1, got {max_size!r}")
-        self._factory = factory
-        self._max_size = max_size
-        self._evictable = evictable
-        self._lock = threading.Lock()
-        self._entries: collections.OrderedDict[str, T] = collections.OrderedDict()
-
-    def get(self, name: str) -> T:
-        """Return the object for ``name``, creating it on first use; marks it recently used."""
-        with self._lock:
-            try:
-                value = self._entries[name]
-            except KeyError:
-                value = self._factory(name)
-                self._entries[name] = value
-                self._evict(keep=name)
-            else:
-                self._entries.move_to_end(name)
-            return value
-
-    def items(self) -> list[tuple[str, T]]:
-        """Return ``(name, object)`` pairs, least recently used first."""
-        with self._lock:
-            return list(self._entries.items())
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._entries)
-
-    def _evict(self, *, keep: str) -> None:
-        excess = len(self._entries) - self._max_size
-        if excess <= 0:
-            return
-        victims: list[str] = []
-        for key, value in self._entries.items():
-            if key != keep and self._evictable(value):
-                victims.append(key)
-                if len(victims) == excess:
-                    break
-        for key in victims:
-            del self._entries[key]

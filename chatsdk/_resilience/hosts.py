@@ -1,4 +1,5 @@
-"""Per-host transport state: one circuit breaker and one retry budget per ``scheme://host:port``.
+"""Per-host transport state: one circuit breaker and one retry budget per ``scheme://host:port``,
+kept in a bounded registry.
 
 REST and WebSocket traffic to the same host get separate breakers (``rest:`` and ``ws:``
 names), so the realtime client can fail over on its own schedule. The registry is bounded:
@@ -7,17 +8,17 @@ idle hosts whose circuits are CLOSED are evicted first.
 
 from __future__ import annotations
 
+import collections
 import functools
 import threading
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import attrs
 
 from chatsdk._resilience.breaker import (
-    BoundedRegistry,
     BreakerPolicy,
     BreakerSnapshot,
     CircuitBreaker,
@@ -25,7 +26,9 @@ from chatsdk._resilience.breaker import (
 )
 from chatsdk._resilience.budget import RetryBudget
 
-__all__ = ["Host", "HostState", "host_of"]
+__all__ = ["BoundedRegistry", "Host", "HostState", "host_of"]
+
+T = TypeVar("T")
 
 Listener = Callable[[CircuitBreaker, CircuitState, CircuitState], None]
 
@@ -130,3 +133,71 @@ class HostState:
             listeners = list(self._listeners)
         for listener in listeners:
             listener(breaker, old, new)
+
+
+class BoundedRegistry(Generic[T]):
+    """A thread-safe name -> object map that keeps at most ``max_size`` evictable entries.
+
+    Objects are created on first use by ``factory(name)``. Past ``max_size``, the least
+    recently used entries for which ``evictable(entry)`` is true are dropped (e.g. breakers of
+    idle hosts that are CLOSED); entries that are not evictable are kept even past the limit.
+
+    Args:
+        factory: builds the object for a new name (called with the registry's lock held, so
+            keep it cheap and never touch the registry from it).
+        max_size: entries kept before evicting.
+        evictable: whether an entry may be dropped.
+
+    Raises:
+        ValueError: ``max_size`` is not an int >= 1.
+    """
+
+    def __init__(
+        self,
+        factory: Callable[[str], T],
+        *,
+        max_size: int = 256,
+        evictable: Callable[[T], bool] = lambda _value: True,
+    ) -> None:
+        if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1:
+            raise ValueError(f"max_size must be an int >= 1, got {max_size!r}")
+        self._factory = factory
+        self._max_size = max_size
+        self._evictable = evictable
+        self._lock = threading.Lock()
+        self._entries: collections.OrderedDict[str, T] = collections.OrderedDict()
+
+    def get(self, name: str) -> T:
+        """Return the object for ``name``, creating it on first use; marks it recently used."""
+        with self._lock:
+            try:
+                value = self._entries[name]
+            except KeyError:
+                value = self._factory(name)
+                self._entries[name] = value
+                self._evict(keep=name)
+            else:
+                self._entries.move_to_end(name)
+            return value
+
+    def items(self) -> list[tuple[str, T]]:
+        """Return ``(name, object)`` pairs, least recently used first."""
+        with self._lock:
+            return list(self._entries.items())
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+    def _evict(self, *, keep: str) -> None:
+        excess = len(self._entries) - self._max_size
+        if excess <= 0:
+            return
+        victims: list[str] = []
+        for key, value in self._entries.items():
+            if key != keep and self._evictable(value):
+                victims.append(key)
+                if len(victims) == excess:
+                    break
+        for key in victims:
+            del self._entries[key]

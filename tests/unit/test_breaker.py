@@ -17,13 +17,13 @@ import pytest
 
 from chatsdk._errors import CircuitBreakerOpenError
 from chatsdk._resilience.breaker import (
-    BoundedRegistry,
     BreakerPolicy,
     BreakerSnapshot,
     CircuitBreaker,
     CircuitState,
     Permit,
 )
+from chatsdk._resilience.hosts import BoundedRegistry
 from tests.helpers import FakeClock
 
 WAIT = 10.0  # seconds a test waits on an event before declaring a hang

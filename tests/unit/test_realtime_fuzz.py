@@ -12,8 +12,9 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chatsdk._realtime.connection import Connection, Counters, Session
+from chatsdk._realtime.connection import ClientContext, Connection
 from chatsdk._realtime.dispatch import Dispatcher
+from chatsdk._realtime.stats import Counters
 from chatsdk._realtime.subscription import StreamPosition, Subscription, SubscriptionState
 
 
@@ -30,7 +31,7 @@ def connected() -> tuple[Connection, RecordingWS, Subscription, Subscription]:
     ws = RecordingWS()
     lock = threading.RLock()
     subs: dict[str, Subscription] = {}
-    session = Session(
+    session = ClientContext(
         lock=lock,
         subs=subs,
         dispatcher=Dispatcher(),
@@ -181,14 +182,14 @@ bad_line = st.one_of(mutated_line(), non_object_json, garbage, huge)
 def test_malformed_frames_change_nothing(lines: list[str], as_bytes: bool) -> None:
     conn, ws, one, two = connected()
     frame = "\n".join(lines)
-    before = conn.session.counters.dropped
+    before = conn.context.counters.dropped
     conn.handle_frame(frame.encode() if as_bytes else frame)
     assert one.state is SubscriptionState.SUBSCRIBED and one.stream == StreamPosition(5, "e")
     assert one.active and two.active
     assert two.state is SubscriptionState.SUBSCRIBING
     assert conn.ending is None
     assert ws.sent == []  # no pong, no resubscribe
-    assert conn.session.counters.dropped - before == sum(1 for line in lines if line.strip())
+    assert conn.context.counters.dropped - before == sum(1 for line in lines if line.strip())
     # the pending subscribe is still answered normally afterwards
     conn.handle_frame('{"id":3,"subscribe":{"recoverable":true,"epoch":"f","offset":2}}')
     assert two.state is SubscriptionState.SUBSCRIBED and two.stream == StreamPosition(2, "f")

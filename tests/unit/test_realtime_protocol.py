@@ -8,8 +8,7 @@ import random
 
 import pytest
 
-from chatsdk._realtime.client import is_final_close_code, parse_close_frame
-from chatsdk._realtime.connection import reconnect_delay, refresh_delay
+from chatsdk._realtime.connection import refresh_delay
 from chatsdk._realtime.protocol import (
     MAX_FRAME_BYTES,
     OtherPush,
@@ -25,6 +24,8 @@ from chatsdk._realtime.protocol import (
     parse_connect_result,
     parse_subscribe_result,
 )
+from chatsdk._realtime.reconnect import is_final_close_code, reconnect_delay
+from chatsdk._realtime.socket_loop import parse_close_frame
 from chatsdk._realtime.subscription import StreamPosition, Subscription, SubscriptionState
 
 

@@ -138,16 +138,16 @@ def _channel(index: int, threads: int) -> str:
 
 
 @attrs.frozen
-class _Tap:
+class _TapPlan:
     """The multi-tap plan of one message: the second tap's delay, and the outer retry."""
 
     gap: float
     outer_retry: bool
 
 
-def _tap_plan(seed: int, messages: int) -> list[_Tap]:
+def _tap_plan(seed: int, messages: int) -> list[_TapPlan]:
     rng = random.Random(f"multi-tap-{seed}")
-    return [_Tap(rng.uniform(0.05, 0.25), rng.random() < 0.5) for _ in range(messages)]
+    return [_TapPlan(rng.uniform(0.05, 0.25), rng.random() < 0.5) for _ in range(messages)]
 
 
 class _OutageWatch:
