@@ -198,14 +198,13 @@ class ResilientAdapter(HTTPAdapter):
             if permit is not None:
                 permit.release()
             raise
-        hold = None
-        if response.status_code == 503:
-            hold = self._hold_for(state, response)
-        self._report(permit, classify(response, self.retry), hold, state)
+        verdict = classify(response, self.retry)
+        hold = self._hold_for(state, response) if verdict.hold_open else None
+        self._report(permit, verdict, hold, state)
         return response
 
     def _hold_for(self, state: _RetryState, response: requests.Response) -> float | None:
-        """How long a 503's ``Retry-After`` keeps the circuit open, capped (see retry.py)."""
+        """How long a ``Retry-After`` keeps the circuit open, capped (see retry.py's table)."""
         wait = parse_retry_after(response.headers.get("Retry-After"))
         if wait is None or state.breaker is None:
             return wait

@@ -167,6 +167,8 @@ class Verdict:
         breaker: what the outcome tells the host's circuit breaker.
         permanent: resending can never succeed: the outbox dead-letters the entry.
         processed: the server may have acted on the request.
+        hold_open: a failure that opens the circuit keeps it open for the response's
+            ``Retry-After`` (capped; see the table's notes).
     """
 
     error: type[BaseException] | None
@@ -174,6 +176,7 @@ class Verdict:
     breaker: BreakerOutcome
     permanent: bool
     processed: bool = True
+    hold_open: bool = False
 
 
 def _row(
@@ -183,8 +186,9 @@ def _row(
     breaker: BreakerOutcome = "success",
     permanent: bool = False,
     processed: bool = True,
+    hold_open: bool = False,
 ) -> Verdict:
-    return Verdict(error, retry, breaker, permanent, processed)
+    return Verdict(error, retry, breaker, permanent, processed, hold_open)
 
 
 _SUCCESS = _row(None)
@@ -201,7 +205,7 @@ _STATUSES: dict[int, Verdict] = {
     429: _row(RateLimitedError, retry=True, breaker="neutral", processed=False),
     500: _row(ServerError, retry=True, breaker="failure"),
     502: _row(ServerError, retry=True, breaker="failure"),
-    503: _row(ServerError, retry=True, breaker="failure", processed=False),
+    503: _row(ServerError, retry=True, breaker="failure", processed=False, hold_open=True),
     504: _row(ServerError, retry=True, breaker="failure"),
 }
 #: (status, error code) -> verdict, consulted before the status alone.
