@@ -21,9 +21,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from chatsdk.testing._faults import PROFILES, FaultPlan, RealtimeFaults
-from chatsdk.testing._memory import Attempt, InMemoryTransport, Outage, Sent, SentLog
+from chatsdk.testing._memory import InMemoryTransport, Outage
 from chatsdk.testing._mode import advance, is_testing, set_testing, transport_from_setting
 from chatsdk.testing._proxy import ChaosProxy
+from chatsdk.testing._sent import Attempt, Sent, SentLog
 from chatsdk.testing._wire import MAX_BODY_BYTES
 
 if TYPE_CHECKING:
