@@ -31,8 +31,9 @@ from collections.abc import Sequence
 
 from chatsdk._version import __version__
 from chatsdk.cli import drill, health, history, outbox, react, send, serve, tail
+from chatsdk.cli._config import KEY_ARGUMENT_ERROR, key_on_command_line
 from chatsdk.cli._exits import EPILOG, USAGE
-from chatsdk.cli._output import RedactingFormatter
+from chatsdk.cli._output import RedactingFormatter, echo
 
 __all__ = ["build_parser", "main"]
 
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
     )
     parser.add_argument("--version", action="version", version=f"chatsdk {__version__}")
     parser.add_argument(
@@ -84,7 +86,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: the arguments (default: ``sys.argv[1:]``).
     """
     parser = build_parser()
-    args = parser.parse_args(argv)
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    if key_on_command_line(arguments):
+        parser.print_usage(sys.stderr)
+        echo(f"chatsdk: error: {KEY_ARGUMENT_ERROR}", err=True)
+        return USAGE
+    args = parser.parse_args(arguments)
     if getattr(args, "func", None) is None:
         parser.print_help()
         return USAGE

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
@@ -27,11 +28,13 @@ from chatsdk.cli._output import add_secret
 __all__ = [
     "API_KEY_ENV",
     "API_KEY_FILE_ENV",
+    "KEY_ARGUMENT_ERROR",
     "OUTBOX_ENV",
     "URL_ENV",
     "Config",
     "add_client_options",
     "add_command",
+    "key_on_command_line",
     "load",
     "make_client",
 ]
@@ -50,6 +53,25 @@ class Config:
     url: str
     api_key: str = attrs.field(repr=False)
     outbox: str | None = None
+
+
+def key_on_command_line(argv: Sequence[str]) -> bool:
+    """True when ``argv`` tries to pass the key itself (``--api-key VALUE``) before any ``--``.
+
+    Refused before argparse sees it: argparse would echo the value in its error message.
+    """
+    for arg in argv:
+        if arg == "--":
+            return False
+        if arg == "--api-key" or arg.startswith("--api-key="):
+            return True
+    return False
+
+
+KEY_ARGUMENT_ERROR = (
+    "the API key is not taken on the command line (every user of the machine sees it in "
+    f"ps): set ${API_KEY_ENV}, or pass --api-key-file FILE"
+)
 
 
 def add_client_options(parser: argparse.ArgumentParser, *, outbox: bool = False) -> None:
@@ -74,7 +96,12 @@ def add_client_options(parser: argparse.ArgumentParser, *, outbox: bool = False)
 def add_command(subparsers: Any, name: str, **kwargs: Any) -> argparse.ArgumentParser:
     """Add a client subcommand whose ``--help`` ends with the exit-status table."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
-        name, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs
+        name,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        # No abbreviations: "--api-key VALUE" must never be taken for "--api-key-file VALUE".
+        allow_abbrev=False,
+        **kwargs,
     )
     return parser
 
