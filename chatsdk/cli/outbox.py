@@ -195,11 +195,13 @@ _ACTIONS = {"status": _status, "list": _list, "retry": _retry, "purge": _purge}
 
 def _drain(args: argparse.Namespace) -> int:
     args.outbox = args.path
-    client = make_client(load(args, need_outbox=True), outbox=True)
+    config = load(args, need_outbox=True)
+    with Outbox(args.path) as snapshot:  # before the client's drainer starts sending
+        before = snapshot.stats()
+    client = make_client(config, outbox=True)
     outbox = client.outbox
     assert outbox is not None
     try:
-        before = outbox.stats()
         deadline = None if args.timeout is None else time.monotonic() + args.timeout
         total: float = before.pending
         bar = progress_bar(total, "draining", unit="msg")
