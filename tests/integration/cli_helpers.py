@@ -43,12 +43,12 @@ def config_env(url: str, tmp: Path, *, key: str = KEY, **extra: str) -> dict[str
     key_file = tmp / f"key-{abs(hash(key))}"
     key_file.write_text(key + "\n", encoding="utf-8")
     key_file.chmod(0o600)
-    return base_env(
-        CHATSDK_URL=url,
-        CHATSDK_API_KEY_FILE=str(key_file),
-        CHATSDK_OUTBOX=str(tmp / "outbox.db"),
-        **extra,
-    )
+    config = {
+        "CHATSDK_URL": url,
+        "CHATSDK_API_KEY_FILE": str(key_file),
+        "CHATSDK_OUTBOX": str(tmp / "outbox.db"),
+    }
+    return base_env(**{**config, **extra})
 
 
 def chatsdk(
