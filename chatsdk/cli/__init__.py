@@ -38,6 +38,8 @@ from chatsdk.cli._output import RedactingFormatter, echo
 __all__ = ["build_parser", "main"]
 
 _COMMANDS = (send, react, history, tail, health, outbox, serve, drill)
+#: The commands that talk to a server with a key (``serve --api-key`` sets the server's own).
+_CLIENT_COMMANDS = frozenset({"send", "react", "history", "tail", "health", "outbox"})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,7 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     arguments = sys.argv[1:] if argv is None else list(argv)
-    if key_on_command_line(arguments):
+    command = next((a for a in arguments if not a.startswith("-")), None)
+    if command in _CLIENT_COMMANDS and key_on_command_line(arguments):
         parser.print_usage(sys.stderr)
         echo(f"chatsdk: error: {KEY_ARGUMENT_ERROR}", err=True)
         return USAGE
