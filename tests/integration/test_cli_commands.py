@@ -120,15 +120,30 @@ def test_explicit_key_twice_posts_once(server: ReferenceServer, env: dict[str, s
     one_message(server)
 
 
-def test_send_under_faults_still_posts_once(server: ReferenceServer, env: dict[str, str]) -> None:
-    server.faults = FaultPlan(server_error=0.3, drop_after=0.3, seed=11)
+def test_every_command_under_faults_does_its_job_once(
+    server: ReferenceServer, env: dict[str, str]
+) -> None:
+    server.faults = FaultPlan(
+        server_error=0.1, drop_before=0.05, drop_after=0.1, rate_limit=0.05, retry_after=0, seed=11
+    )
     for i in range(4):
         result = chatsdk("send", "ops", f"m{i}", env=env)
         assert result.code == 0, result.err
     assert sorted(m["text"] for m in server.messages("ops")) == ["m0", "m1", "m2", "m3"]
-    assert server.counters()["fault.drop_after"] + server.counters()["fault.server_error"] > 0
+    first = str(server.messages("ops")[0]["id"])
+    assert chatsdk("react", first, "+1", env=env).code == 0
+    assert len(server.reactions(first)) == 1
     history = chatsdk("history", "ops", "--json", env=env)
     assert history.code == 0, history.err
+    assert len(history.lines) == 4
+    assert chatsdk("health", env=env).code == 0  # the health check is not faulted
+    for i in range(3):
+        assert chatsdk("send", "later", f"q{i}", "--queue", env=env).code == 0
+    drained = chatsdk("outbox", "drain", "--timeout", "60", env=env)
+    assert drained.code == 0, drained.err
+    assert [m["text"] for m in server.messages("later")] == ["q0", "q1", "q2"]
+    counters = server.counters()
+    assert counters["fault.drop_after"] + counters["fault.server_error"] > 0
 
 
 def test_history_text_and_json_oldest_first(server: ReferenceServer, env: dict[str, str]) -> None:
