@@ -68,17 +68,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_handler: logging.Handler | None = None
+
+
 def _configure_logging(verbose: int, *, quiet_library: bool) -> None:
+    global _handler  # noqa: PLW0603 - one stderr handler per process, however often main runs
     level = logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
-    root.addHandler(handler)
+    if _handler is not None:
+        root.removeHandler(_handler)
+    _handler = logging.StreamHandler(sys.stderr)
+    _handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(_handler)
     root.setLevel(level)
-    if quiet_library and verbose <= 0:
-        # A client command says what happened in one line of its own; the library's log
-        # (retries, the drainer, reconnects) is for -v.
-        logging.getLogger("chatsdk").setLevel(logging.CRITICAL + 1)
+    # A client command says what happened in one line of its own; the library's log
+    # (retries, the drainer, reconnects) is for -v.
+    quiet = quiet_library and verbose <= 0
+    logging.getLogger("chatsdk").setLevel(logging.CRITICAL + 1 if quiet else logging.NOTSET)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,6 +8,7 @@ every command it applies to. Every run also checks that the key is in no output
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -472,3 +473,25 @@ def test_help_documents_the_exit_codes(command: list[str]) -> None:
         "78  configuration missing",
     ):
         assert line in result.out, (command, line)
+
+
+def test_main_in_process_keeps_one_log_handler(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import chatsdk.cli as cli
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    root = logging.getLogger()
+    before, level = list(root.handlers), root.level
+    try:
+        assert cli.main(["health"]) == 0
+        assert logging.getLogger("chatsdk").level > logging.CRITICAL  # quiet without -v
+        assert cli.main(["-v", "health"]) == 0
+        assert logging.getLogger("chatsdk").level == logging.NOTSET
+        assert len(root.handlers) == len(before) + 1
+    finally:
+        for handler in set(root.handlers) - set(before):
+            root.removeHandler(handler)
+        root.setLevel(level)
+    assert capsys.readouterr().out.count("ok http://") == 2
