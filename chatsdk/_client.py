@@ -173,6 +173,15 @@ class ChatClient:
         """The client's :class:`Outbox`, or None when it was built without one."""
         return self._outbox
 
+    @property
+    def outbox_auth_error(self) -> BaseException | None:
+        """The 401/403 that stopped this client's outbox drainer, or None while it drains.
+
+        Entries stay queued and :meth:`flush` returns False at once until the key works
+        again; another client (or process) with a working key drains them.
+        """
+        return None if self._drainer is None else self._drainer.auth_error
+
     def queue_message(
         self,
         channel_id: str,

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from chatsdk.cli._output import echo
+from chatsdk.cli._progress import available as progress_available
 
 __all__ = ["add_parser", "run"]
 
@@ -161,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
         rate=args.rate if args.rate is not None else OUTAGE_RATE if args.outage else None,
     )
     progress = None
-    if not args.no_progress and sys.stderr.isatty():
+    if not args.no_progress and sys.stderr.isatty() and progress_available():
         progress = ProgressBar(sys.stderr)
     elif not args.json and not args.no_progress:
         echo(

@@ -130,6 +130,8 @@ def test_refused_key_stops_draining_and_leaves_entries_queued(
         for i in range(3):
             bad.queue_message("c", f"m{i}")
         assert bad.flush(10) is False  # returns as soon as draining stopped
+        refused = bad.outbox_auth_error
+        assert refused is not None and getattr(refused, "status", None) in (401, 403)
         bad.close()
     assert "draining stopped" in caplog.text and key not in caplog.text
     with Outbox(path) as box:
@@ -137,6 +139,7 @@ def test_refused_key_stops_draining_and_leaves_entries_queued(
         assert (stats.queued, stats.failed) == (3, 0)
     with ChatClient(server.url, KEY, outbox=path) as good:
         assert good.flush(20)
+        assert good.outbox_auth_error is None
     assert texts(server, "c") == ["m0", "m1", "m2"]
 
 

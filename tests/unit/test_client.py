@@ -55,6 +55,10 @@ def test_session_and_settings_are_exclusive() -> None:
         ChatClient(BASE, session=ChatSession(BASE, KEY), timeout=3)
 
 
+def test_no_outbox_no_auth_error() -> None:
+    assert ChatClient(BASE, KEY).outbox_auth_error is None
+
+
 def test_key_not_in_repr() -> None:
     client = ChatClient(BASE, KEY)
     assert KEY not in repr(client) and BASE in repr(client)

@@ -180,13 +180,23 @@ def test_report_json_has_the_documented_shape() -> None:
     assert "During the 10s outage" in table and "never (run ended first)" in table
 
 
-def test_progress_bar_draws_and_ends_the_line() -> None:
+def test_progress_bar_draws_through_tqdm_and_ends_the_line() -> None:
     stream = io.StringIO()
-    bar = ProgressBar(stream, interval=0.01, clock=lambda: 0.0)
+    bar = ProgressBar(stream, interval=0.01, force=True)
     bar.add("requests", lambda: 1.0)
     bar.add("chatsdk", lambda: 0.5)
-    assert bar.line().startswith("[" + "#" * 18 + "-" * 6 + "]  75%")
-    assert "requests done | chatsdk 50%" in bar.line()
+    assert bar.snapshot() == (0.75, "requests done | chatsdk 50%")
     bar.start()
     bar.stop()
-    assert stream.getvalue().endswith("\n") and "\r" in stream.getvalue()
+    out = stream.getvalue()
+    assert out.endswith("\n") and "\r" in out
+    assert "drill:  75%|" in out and "requests done | chatsdk 50%" in out
+
+
+def test_progress_bar_is_silent_off_a_terminal() -> None:
+    stream = io.StringIO()  # not a TTY: a cron log gets no carriage returns
+    bar = ProgressBar(stream, interval=0.01)
+    bar.add("requests", lambda: 1.0)
+    bar.start()
+    bar.stop()
+    assert stream.getvalue() == ""
