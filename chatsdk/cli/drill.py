@@ -15,6 +15,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+from chatsdk.cli._config import positive_int, positive_number
 from chatsdk.cli._output import echo
 from chatsdk.cli._progress import available as progress_available
 
@@ -23,26 +24,6 @@ __all__ = ["add_parser", "run"]
 PROFILE_NAMES = ("none", "flaky", "terrible")
 #: Default pace with --outage: a caller that does not speed up when calls fail fast.
 OUTAGE_RATE = 20.0
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
 
 
 def add_parser(subparsers: Any) -> None:
@@ -61,13 +42,13 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--messages",
-        type=_positive_int,
+        type=positive_int,
         default=1000,
         help="messages per arm (default: %(default)s)",
     )
     parser.add_argument(
         "--threads",
-        type=_positive_int,
+        type=positive_int,
         default=8,
         help="sending threads (and channels) per arm (default: %(default)s)",
     )
@@ -79,7 +60,7 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--outage",
-        type=_seconds,
+        type=positive_number,
         default=None,
         metavar="SECONDS",
         help="each arm's server refuses connections for SECONDS once it holds half the "
@@ -94,7 +75,7 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--rate",
-        type=_seconds,
+        type=positive_number,
         default=None,
         metavar="OPS",
         help="operations started per second per arm (default: as fast as the threads go; "

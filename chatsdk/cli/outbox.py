@@ -24,7 +24,14 @@ from typing import Any
 
 from chatsdk._errors import OutboxError
 from chatsdk._outbox.outbox import STATUSES, TERMINAL, Outbox, OutboxStats
-from chatsdk.cli._config import OUTBOX_ENV, add_client_options, add_command, load, make_client
+from chatsdk.cli._config import (
+    OUTBOX_ENV,
+    add_client_options,
+    add_command,
+    load,
+    make_client,
+    seconds,
+)
 from chatsdk.cli._exits import (
     CONFIG,
     DATAERR,
@@ -41,16 +48,6 @@ __all__ = ["PATH_ENV", "add_parser", "run"]
 
 PATH_ENV = OUTBOX_ENV
 _SLICE = 0.2  # seconds between progress updates while draining
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
 
 
 def add_parser(subparsers: Any) -> None:
@@ -75,7 +72,7 @@ def add_parser(subparsers: Any) -> None:
     )
     status.add_argument(
         "--max-age",
-        type=_seconds,
+        type=seconds,
         default=None,
         metavar="S",
         help="exit 75 when the oldest pending entry is older than S seconds",
@@ -92,7 +89,7 @@ def add_parser(subparsers: Any) -> None:
         "--status", choices=TERMINAL, required=True, action="append", help="repeatable"
     )
     drain = add_command(actions, "drain", help="deliver what is queued, with a progress bar")
-    drain.add_argument("--timeout", type=_seconds, default=None, help="give up after S seconds")
+    drain.add_argument("--timeout", type=seconds, default=None, help="give up after S seconds")
     drain.add_argument("--json", action="store_true", help="print the outcome as JSON")
     add_client_options(drain)
     parser.set_defaults(func=run, client_command=True)

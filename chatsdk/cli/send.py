@@ -23,7 +23,7 @@ from chatsdk._http.idempotency import idempotency_key_for
 from chatsdk._models import Attachment, Message
 from chatsdk._outbox.models import OutboxEntry
 from chatsdk._validation import MAX_TEXT, message_body
-from chatsdk.cli._config import Config, add_client_options, add_command, load, make_client
+from chatsdk.cli._config import Config, add_client_options, add_command, load, make_client, seconds
 from chatsdk.cli._exits import DATAERR, TEMPFAIL, USAGE, CommandError, run_reporting
 from chatsdk.cli._output import echo, echo_json, message_line
 
@@ -32,16 +32,6 @@ __all__ = ["add_parser", "read_text", "run"]
 #: Bytes read from stdin at most: far above 4000 characters of UTF-8, far below a runaway pipe.
 MAX_STDIN_BYTES = 64 * 1024
 _WAIT_SLICE = 0.1  # seconds between looks at the drainer while waiting for a delivery
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
 
 
 def add_parser(subparsers: Any) -> None:
@@ -83,7 +73,7 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--wait",
-        type=_seconds,
+        type=seconds,
         default=None,
         metavar="S",
         help="with --queue: wait up to S seconds for the delivery (exit 75 if still queued)",

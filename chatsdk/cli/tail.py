@@ -27,7 +27,7 @@ from chatsdk._models import Message, Reaction
 from chatsdk._realtime.client import RealtimeClient, RealtimeState
 from chatsdk._realtime.subscription import Publication, StreamPosition, Subscription
 from chatsdk._validation import check_channel
-from chatsdk.cli._config import add_client_options, add_command, load, make_client
+from chatsdk.cli._config import add_client_options, add_command, load, make_client, positive_int
 from chatsdk.cli._exits import DATAERR, NOPERM, UNAVAILABLE, CommandError, run_reporting
 from chatsdk.cli._output import echo, message_line, reaction_line, silence_stdout
 
@@ -36,16 +36,6 @@ __all__ = ["add_parser", "format_publication", "read_positions", "run", "write_p
 _PREFIX = "chat:"
 _TICK = 0.2  # seconds between the main thread's looks at the connection and positions
 _NOTES = {"message.updated": "edited", "message.deleted": "deleted"}
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def add_parser(subparsers: Any) -> None:
@@ -71,7 +61,7 @@ def add_parser(subparsers: Any) -> None:
         help="resume from the positions in FILE and keep them there",
     )
     parser.add_argument(
-        "--count", type=_positive_int, default=None, metavar="N", help="exit 0 after N"
+        "--count", type=positive_int, default=None, metavar="N", help="exit 0 after N"
     )
     add_client_options(parser)
     parser.set_defaults(func=run, client_command=True)
