@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import platform
 import time
-import weakref
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -14,6 +13,7 @@ import requests
 from requests.sessions import merge_setting
 from requests.utils import get_environ_proxies
 
+from chatsdk import _fork
 from chatsdk._errors import CircuitBreakerOpenError, ConfigurationError
 from chatsdk._http.adapter import ResilientAdapter, Transport
 from chatsdk._http.retry import RetryPolicy
@@ -39,21 +39,12 @@ USER_AGENT = (
 )
 
 
-#: Live sessions, so a forked child can give each one fresh connection pools.
-_SESSIONS: weakref.WeakSet[ChatSession] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for session in list(_SESSIONS):
-        session.adapter.reset_after_fork()
-
-
-if hasattr(os, "register_at_fork"):  # POSIX
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
 def _merge(request_setting: Any, session_setting: Any) -> Any:
     return merge_setting(request_setting, session_setting)  # type: ignore[no-untyped-call]
+
+
+def _reset_after_fork(session: ChatSession) -> None:
+    session.adapter.reset_after_fork()
 
 
 def normalize_base_url(base_url: object) -> str:
@@ -124,7 +115,8 @@ class ChatSession(requests.Session):
         self._base_host = host_of(self.base_url)
         self.mount("http://", self.adapter)
         self.mount("https://", self.adapter)
-        _SESSIONS.add(self)
+        # A forked child gets fresh connection pools (see chatsdk._fork).
+        _fork.register(self, order=_fork.ORDER_CLIENT, after_child=_reset_after_fork)
 
     def __repr__(self) -> str:
         return f"<ChatSession {self.base_url}>"
