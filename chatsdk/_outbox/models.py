@@ -18,6 +18,7 @@ from chatsdk._models import Message, Reaction
 
 __all__ = [
     "COLUMNS",
+    "FlushResult",
     "Kind",
     "Operation",
     "OutboxEntry",
@@ -85,6 +86,26 @@ class OutboxStats:
     def pending(self) -> int:
         """Entries still to deliver (``queued`` + ``sending``)."""
         return self.queued + self.sending
+
+
+@attrs.frozen(kw_only=True)
+class FlushResult:
+    """What :meth:`ChatClient.flush` or :meth:`ChatClient.close` left undelivered.
+
+    True (as a boolean) when nothing is left: ``if not chat.flush(5): ...``.
+
+    Attributes:
+        pending: entries still ``queued`` or ``sending`` (for ``close()``: those this
+            process queued; for ``flush()``: every process's). They stay on disk, and the
+            next client on the file delivers them.
+        path: the outbox file (None for a client without an outbox).
+    """
+
+    pending: int = 0
+    path: str | None = None
+
+    def __bool__(self) -> bool:
+        return self.pending == 0
 
 
 @attrs.frozen(kw_only=True)
