@@ -23,8 +23,11 @@ from chatsdk._version import __version__
 
 __all__ = ["DEFAULT_TIMEOUT", "ChatSession"]
 
-#: (connect, read) seconds used when the caller gives no timeout.
-DEFAULT_TIMEOUT: tuple[float, float] = (3.05, 30.0)
+#: (connect, read) seconds used when the caller gives no timeout. The read timeout is well
+#: under gunicorn's (and most web servers') 30 s worker timeout, and RetryPolicy's default
+#: 20 s deadline bounds a whole operation, retries included, below it too: a stalled server
+#: makes a request fail with an error, never gets the worker killed.
+DEFAULT_TIMEOUT: tuple[float, float] = (3.05, 10.0)
 
 API_KEY_HEADER = "X-API-Key"
 
