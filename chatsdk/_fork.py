@@ -37,11 +37,12 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 #: Quiesce order: objects with a lower order take their locks first (and release them
-#: last). A client's locks come before its outbox's, the outbox's before SQLite's, which
-#: is the order in which the code nests them, so taking them all cannot deadlock.
+#: last). It is the order in which the code nests them (an outbox transaction holds the
+#: SQLite lock while it records a claim under the outbox's lock), so taking them all
+#: cannot deadlock against a thread that is inside one.
 ORDER_CLIENT = 0
-ORDER_OUTBOX = 10
-ORDER_SQLITE = 20
+ORDER_SQLITE = 10
+ORDER_OUTBOX = 20
 
 Hook = Callable[[Any], None]
 

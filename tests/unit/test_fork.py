@@ -54,17 +54,17 @@ def test_quiesce_in_order_release_in_reverse_reset_every_object() -> None:
     registry.after_in_child()
     assert calls == [
         "before client",
-        "before outbox",
         "before sqlite",
-        "parent sqlite",
+        "before outbox",
         "parent outbox",
+        "parent sqlite",
         "parent client",
         "before client",
-        "before outbox",
         "before sqlite",
+        "before outbox",
         "child client",
-        "child outbox",
         "child sqlite",
+        "child outbox",
     ]
     assert registry._lock.acquire(blocking=False)  # the child's lock is a fresh one
 
