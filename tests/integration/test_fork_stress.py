@@ -5,7 +5,7 @@ holding a ChatClient. Every child's ``queue_message`` must return: each child ar
 generous ``alarm(10)``, which ends it with SIGALRM if it hangs (hang detection, not a timing
 assertion). None may see "database is locked", and every entry of the parent and of the
 children reaches the server exactly once. One child in ten also closes its client, which
-starts (and stops) the child's own drainer, lazily, on first use.
+starts (and stops) the child's own drainer, lazily, on first use (and must return).
 """
 
 from __future__ import annotations
@@ -42,10 +42,10 @@ def child(chat: ChatClient, n: int, report: Path) -> None:  # pragma: no cover -
     try:
         chat.queue_message(f"child{n % 4}", f"child-{n}")
         if n % 10 == 0:
-            closed = chat.close()
-            status = 0 if closed else 3
-        else:
-            status = 0
+            # Starts the child's own drainer; what it cannot deliver within close_timeout
+            # stays for the parent, so the result is not this test's business.
+            chat.close()
+        status = 0
     except BaseException as exc:
         report.write_text(f"{type(exc).__name__}: {exc}")
     finally:
