@@ -211,6 +211,14 @@ def test_session_keeps_breaker_listeners_across_fork() -> None:
     session.close()
 
 
+def test_session_without_circuit_breaking_resets_after_fork() -> None:
+    session = ChatSession("http://127.0.0.1:9", "k", breaker=False)
+    assert session.breaker_for() is None  # a host known, with no breaker
+    session.adapter.reset_after_fork()
+    assert session.breaker_for() is None and len(session.adapter.hosts._hosts) == 1
+    session.close()
+
+
 def test_realtime_client_is_honest_in_the_child_and_reconnects_on_first_use() -> None:
     client = RealtimeClient("ws://127.0.0.1:9/connection/websocket", token="t")
     started: list[str] = []
@@ -219,7 +227,7 @@ def test_realtime_client_is_honest_in_the_child_and_reconnects_on_first_use() ->
     client._lock.acquire()  # a parent thread held it at the instant of the fork
     client._after_fork()
     assert client.state is RealtimeState.DISCONNECTED and client._thread is None
-    assert client._session.lock is client._lock and client._lock.acquire(blocking=False)
+    assert client._context.lock is client._lock and client._lock.acquire(blocking=False)
     client._lock.release()
     client.wait_connected(0)
     client.wait_connected(0)

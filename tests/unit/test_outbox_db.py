@@ -436,6 +436,8 @@ def test_at_fork_reset_reopens_lazily_on_first_use(tmp_path: Path) -> None:
     box._db.after_fork()  # what the at-fork hook runs in the child
     assert box.owner != before
     assert box._db._conn is None  # nothing opened inside the hook
+    box._db.after_fork()  # a grandchild forked before any use: nothing to abandon
+    assert box._db._conn is None
     box.enqueue("message", "c1", BODY)
     assert box._db._conn is not None and box._db._conn is not parent_conn
     assert box.pending_count() == 1
