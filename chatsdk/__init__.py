@@ -26,6 +26,7 @@ from chatsdk._errors import (
     OutboxCorruptError,
     OutboxEntryExpiredError,
     OutboxError,
+    OutboxFileError,
     PayloadTooLargeError,
     RateLimitedError,
     RealtimeError,
@@ -51,6 +52,7 @@ from chatsdk._http.retry import (
 )
 from chatsdk._http.session import ChatSession
 from chatsdk._models import Attachment, Message, Reaction
+from chatsdk._outbox.models import FlushResult
 from chatsdk._outbox.outbox import Outbox, OutboxEntry, OutboxStats
 from chatsdk._realtime.client import RealtimeClient, RealtimeState, RealtimeStats
 from chatsdk._realtime.events import ChatEvent, MessageEvent, ReactionEvent
@@ -68,6 +70,7 @@ from chatsdk._resilience.breaker import (
     Permit,
 )
 from chatsdk._resilience.budget import RetryBudget
+from chatsdk._shutdown import install_signal_handlers
 from chatsdk._version import __version__
 
 __all__ = [
@@ -88,6 +91,7 @@ __all__ = [
     "ConnectError",
     "ConnectTimeoutError",
     "DEFAULT_RETRY_POLICY",
+    "FlushResult",
     "ForbiddenError",
     "IdempotencyKeyInUseError",
     "IdempotencyKeyReusedError",
@@ -100,6 +104,7 @@ __all__ = [
     "OutboxEntry",
     "OutboxEntryExpiredError",
     "OutboxError",
+    "OutboxFileError",
     "OutboxStats",
     "PayloadTooLargeError",
     "Permit",
@@ -130,6 +135,7 @@ __all__ = [
     "__version__",
     "calculate_backoff",
     "idempotency_key_for",
+    "install_signal_handlers",
     "parse_retry_after",
     "retry_call",
     "should_retry",

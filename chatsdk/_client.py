@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Literal, TypeVar
@@ -12,6 +14,7 @@ from urllib.parse import quote
 
 import requests
 
+from chatsdk import _shutdown
 from chatsdk._errors import (
     ChatSDKError,
     ConfigurationError,
@@ -24,7 +27,7 @@ from chatsdk._http.retry import RetryPolicy, error_for_response
 from chatsdk._http.session import ChatSession
 from chatsdk._models import Attachment, Message, Reaction
 from chatsdk._outbox.drainer import Drainer
-from chatsdk._outbox.models import Operation, OutboxEntry
+from chatsdk._outbox.models import FlushResult, Operation, OutboxEntry
 from chatsdk._outbox.outbox import Outbox
 from chatsdk._realtime.client import RealtimeClient
 from chatsdk._resilience.breaker import BreakerPolicy
@@ -71,8 +74,9 @@ class ChatClient:
         dedup_window: seconds during which a repeat of the same ``send_message`` or
             ``add_reaction`` without an explicit key (a double tap) returns the first call's
             result instead of sending again; 0 turns it off.
-        close_timeout: :meth:`close` flushes the outbox for at most this many seconds and
-            leaves the rest on disk for the next process.
+        close_timeout: :meth:`close` (and the exit of the process, see
+            :func:`chatsdk.install_signal_handlers`) waits at most this many seconds for the
+            entries this process queued; the rest stays on disk for the next process.
         transport: makes each single HTTP attempt instead of urllib3, beneath the retries,
             breaker and budget: ``chatsdk.testing.InMemoryTransport()`` in tests.
 
@@ -90,7 +94,7 @@ class ChatClient:
         breaker: BreakerPolicy | Literal[False] | None = None,
         session: ChatSession | None = None,
         outbox: str | os.PathLike[str] | Outbox | None = None,
-        close_timeout: float = 10.0,
+        close_timeout: float = 2.0,
         dedup_window: float = 1.0,
         transport: Transport | None = None,
     ) -> None:
@@ -122,13 +126,21 @@ class ChatClient:
             self.session = ChatSession(
                 url, key, retry=retry, timeout=timeout, breaker=breaker, transport=transport
             )
-        self.close_timeout = close_timeout
+        if isinstance(close_timeout, bool) or not close_timeout >= 0:
+            raise ConfigurationError(f"close_timeout must be >= 0, got {close_timeout!r}")
+        self.close_timeout = float(close_timeout)
         self._dedup = Deduplicator(dedup_window)
         self._outbox: Outbox | None = None
         self._drainer: Drainer | None = None
+        self._realtime: weakref.WeakSet[RealtimeClient] = weakref.WeakSet()
+        self._close_lock = threading.Lock()
+        self._closed: FlushResult | None = None
         if outbox is not None:
             self._owns_outbox = not isinstance(outbox, Outbox)
             self._outbox = Outbox(outbox) if not isinstance(outbox, Outbox) else outbox
+            # Entries left by processes that exited are this one's to deliver (and to
+            # wait for at close), unasked.
+            self._outbox.adopt_orphans()
             self._drainer = Drainer(
                 self._outbox,
                 self._deliver,
@@ -136,6 +148,7 @@ class ChatClient:
                 retry=retry,
             )
             self._drainer.start()
+        _shutdown.track(self)
 
     def __repr__(self) -> str:
         return f"<ChatClient {self.session.base_url}>"
@@ -151,20 +164,49 @@ class ChatClient:
     ) -> None:
         self.close()
 
-    def close(self) -> None:
-        """Flush the outbox for at most ``close_timeout``, then release connections.
+    def close(self) -> FlushResult:
+        """Deliver what this process queued (for at most ``close_timeout``), then release all.
 
-        Entries not delivered by then stay on disk for the next process.
-        The client cannot be used afterwards.
+        Only this process's entries are waited for (and those it adopted from processes
+        that exited), never other processes'. What is not delivered by then stays on disk,
+        with a WARNING naming the count and the file; the next client on the file delivers
+        it. The realtime clients made by :meth:`realtime` are closed, and a shared
+        :class:`Outbox` forgets this client. Idempotent: a second call returns the first
+        call's result. The client cannot be used afterwards.
+
+        Returns:
+            How many of this process's entries are still pending (falsy when some are).
         """
-        if self._drainer is not None and self._outbox is not None:
-            deadline = time.monotonic() + self.close_timeout
-            if not self._drainer.flush(self.close_timeout):
-                log.warning("outbox %s: undelivered entries left on disk", self._outbox.path)
-            self._drainer.stop(max(0.0, deadline - time.monotonic()))
+        with self._close_lock:
+            if self._closed is None:
+                self._closed = self._shutdown()
+            return self._closed
+
+    def _shutdown(self) -> FlushResult:
+        _shutdown.untrack(self)
+        deadline = time.monotonic() + self.close_timeout
+        result = FlushResult()
+        drainer, outbox = self._drainer, self._outbox
+        if drainer is not None and outbox is not None:
+            if not outbox.closed:
+                drainer.flush(self.close_timeout, own=True)
+                result = FlushResult(pending=outbox.pending_count(own=True), path=outbox.path)
+                if result.pending:
+                    log.warning(
+                        "outbox %s: %d entries queued by this process are not delivered yet; "
+                        "they stay in the file and the next ChatClient on it delivers them",
+                        outbox.path,
+                        result.pending,
+                    )
+            drainer.stop(max(0.0, deadline - time.monotonic()))
+            outbox.remove_listener(drainer.notify)
+            outbox.detach(drainer)
             if self._owns_outbox:
-                self._outbox.close()
+                outbox.close()
+        for client in list(self._realtime):
+            client.close()
         self.session.close()
+        return result
 
     # -- outbox --------------------------------------------------------------------------
 
@@ -214,13 +256,18 @@ class ChatClient:
         lane = f"reaction/{body['messageId']}"
         return self._queue().enqueue("reaction", lane, body, idempotency_key=key)
 
-    def flush(self, timeout: float | None = None) -> bool:
+    def flush(self, timeout: float | None = None) -> FlushResult:
         """Block until the outbox holds no ``queued``/``sending`` entry, whoever queued it.
 
-        Returns False when ``timeout`` passed first (or draining is stopped by a 401/403).
-        A client without an outbox has nothing to flush (True).
+        Returns:
+            How many entries (of any process) are still pending: falsy when ``timeout``
+            passed first or draining is stopped (a 401/403). A client without an outbox
+            has nothing to flush (truthy, 0 pending).
         """
-        return True if self._drainer is None else self._drainer.flush(timeout)
+        if self._drainer is None or self._outbox is None:
+            return FlushResult()
+        self._drainer.flush(timeout)
+        return FlushResult(pending=self._outbox.pending_count(), path=self._outbox.path)
 
     def _queue(self) -> Outbox:
         if self._outbox is None:
@@ -357,6 +404,7 @@ class ChatClient:
         drainer = self._drainer
         if drainer is not None:
             client.add_reconnect_listener(lambda: drainer.notify(expedite=True))
+        self._realtime.add(client)  # closed by close()
         return client
 
     # -- plumbing ------------------------------------------------------------------------

@@ -26,8 +26,9 @@
      |    +-- ServerError                5xx
      |    +-- InvalidResponseError       2xx whose body is not the promised JSON
      +-- OutboxError
-     |    +-- OutboxCorruptError         a corrupt or foreign file (moved aside)
+     |    +-- OutboxCorruptError         a corrupt outbox file (moved aside)
      |    +-- OutboxEntryExpiredError    an entry older than max_age
+     |    +-- OutboxFileError            a file that is not an outbox (left untouched)
      +-- WaitTimeoutError (TimeoutError) a wait() or flush() ran out of time
      +-- RealtimeError                   the realtime connection or a subscription failed
 
@@ -63,6 +64,7 @@ __all__ = [
     "OutboxCorruptError",
     "OutboxEntryExpiredError",
     "OutboxError",
+    "OutboxFileError",
     "PayloadTooLargeError",
     "RateLimitedError",
     "RealtimeError",
@@ -251,7 +253,7 @@ class OutboxError(ChatSDKError):
 
 
 class OutboxCorruptError(OutboxError):
-    """The outbox file is corrupt or not an outbox; it was moved aside, never deleted.
+    """The outbox file is a corrupt outbox; it was moved aside, never deleted.
 
     Attributes:
         path: the path that was asked for.
@@ -262,6 +264,23 @@ class OutboxCorruptError(OutboxError):
         super().__init__(f"outbox {path} is unreadable ({reason}); moved aside to {moved_to}")
         self.path = path
         self.moved_to = moved_to
+
+
+class OutboxFileError(OutboxError):
+    """The file is not a chatsdk outbox (another application's database, say): refused.
+
+    The file is left exactly as it was; choose another path for the outbox.
+
+    Attributes:
+        path: the path that was asked for.
+    """
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(
+            f"{path} is not a chatsdk outbox ({reason}); refusing to use it, and it was left "
+            "untouched: give the outbox a file of its own"
+        )
+        self.path = path
 
 
 class OutboxEntryExpiredError(OutboxError):

@@ -108,7 +108,7 @@ class ResilientAdapter(HTTPAdapter):
         self.transport = transport
 
     def reset_after_fork(self) -> None:
-        """In a forked child: new connection pools and host state, nothing shared.
+        """In a forked child: new connection pools and host state (listeners are kept).
 
         The parent's pooled sockets must never be used by two processes, and a lock held by
         another thread at fork time would never be released in the child. The old pools are
@@ -120,7 +120,7 @@ class ResilientAdapter(HTTPAdapter):
             pool["_pool_connections"], pool["_pool_maxsize"], block=pool["_pool_block"]
         )
         self.proxy_manager = {}
-        self.hosts = HostState(self._breaker_policy, self.retry, clock=self._clock)
+        self.hosts.reset_after_fork()
 
     def send_attempt(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
         """One attempt, no retries: through the injected transport, else urllib3's pool."""

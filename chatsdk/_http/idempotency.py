@@ -23,6 +23,7 @@ from typing import Any, Protocol, TypeVar
 
 import attrs
 
+from chatsdk import _fork
 from chatsdk._errors import ConfigurationError, IdempotencyKeyReusedError
 
 __all__ = ["Deduplicator", "idempotency_key_for", "new_idempotency_key"]
@@ -123,6 +124,16 @@ class Deduplicator:
         self._lock = threading.Lock()
         self._flights: dict[str, _Flight] = {}
         self._taps: collections.OrderedDict[str, _RecentCreate] = collections.OrderedDict()
+        _fork.register(self, order=_fork.ORDER_CLIENT, after_child=Deduplicator._after_fork)
+
+    def _after_fork(self) -> None:
+        """In a forked child: the creates in flight were the parent's threads', never ours.
+
+        A child that repeats one sends it itself (under the same key, so the server still
+        answers once); waiting for the parent's thread would wait for ever.
+        """
+        self._lock = threading.Lock()
+        self._flights = {}
 
     def run(self, kind: str, body: dict[str, Any], key: str | None, send: Callable[[str], R]) -> R:
         """Create once: call ``send(key)`` unless an identical create can answer for it.
@@ -202,6 +213,7 @@ class Deduplicator:
             raise
         finally:
             with self._lock:
-                del self._flights[key]
+                if self._flights.get(key) is flight:  # (after a fork the table is new)
+                    del self._flights[key]
             flight.done.set()
         return flight.result  # type: ignore[no-any-return]

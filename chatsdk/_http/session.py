@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import platform
 import time
-import weakref
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -14,6 +13,7 @@ import requests
 from requests.sessions import merge_setting
 from requests.utils import get_environ_proxies
 
+from chatsdk import _fork
 from chatsdk._errors import CircuitBreakerOpenError, ConfigurationError
 from chatsdk._http.adapter import ResilientAdapter, Transport
 from chatsdk._http.retry import RetryPolicy
@@ -23,8 +23,11 @@ from chatsdk._version import __version__
 
 __all__ = ["DEFAULT_TIMEOUT", "ChatSession"]
 
-#: (connect, read) seconds used when the caller gives no timeout.
-DEFAULT_TIMEOUT: tuple[float, float] = (3.05, 30.0)
+#: (connect, read) seconds used when the caller gives no timeout. The read timeout is well
+#: under gunicorn's (and most web servers') 30 s worker timeout, and RetryPolicy's default
+#: 20 s deadline bounds a whole operation, retries included, below it too: a stalled server
+#: makes a request fail with an error, never gets the worker killed.
+DEFAULT_TIMEOUT: tuple[float, float] = (3.05, 10.0)
 
 API_KEY_HEADER = "X-API-Key"
 
@@ -39,21 +42,12 @@ USER_AGENT = (
 )
 
 
-#: Live sessions, so a forked child can give each one fresh connection pools.
-_SESSIONS: weakref.WeakSet[ChatSession] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for session in list(_SESSIONS):
-        session.adapter.reset_after_fork()
-
-
-if hasattr(os, "register_at_fork"):  # POSIX
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
 def _merge(request_setting: Any, session_setting: Any) -> Any:
     return merge_setting(request_setting, session_setting)  # type: ignore[no-untyped-call]
+
+
+def _reset_after_fork(session: ChatSession) -> None:
+    session.adapter.reset_after_fork()
 
 
 def normalize_base_url(base_url: object) -> str:
@@ -124,7 +118,8 @@ class ChatSession(requests.Session):
         self._base_host = host_of(self.base_url)
         self.mount("http://", self.adapter)
         self.mount("https://", self.adapter)
-        _SESSIONS.add(self)
+        # A forked child gets fresh connection pools (see chatsdk._fork).
+        _fork.register(self, order=_fork.ORDER_CLIENT, after_child=_reset_after_fork)
 
     def __repr__(self) -> str:
         return f"<ChatSession {self.base_url}>"

@@ -23,7 +23,18 @@ so a channel that keeps filling up does not hold a worker while other channels w
 
 The loop wakes at once on this process's events (:meth:`Drainer.notify`: a new entry, a
 breaker closing, a realtime reconnect) and otherwise sleeps until the next due entry, looking
-at the file at least every ``poll_interval`` seconds for work queued by other processes.
+at the file at least every ``poll_interval`` seconds for work queued by other processes. It
+also renews the leases of the deliveries in flight, every third of ``lease_seconds``, so a
+slow delivery is never taken over by another process while it runs.
+
+No exception ends a drainer thread: one that escapes a step is logged with its traceback and
+the loop goes on; a row that cannot be decoded is a dead letter with the reason (see
+:meth:`Outbox.claim`). :attr:`Drainer.status` (and ``Outbox.stats().drainer``) says when the
+drainer is not delivering, and why.
+
+In a forked child the parent's threads do not exist: the drainer remembers the pid it
+started in and starts its own threads on first use (a new entry, a flush), as sentry-sdk's
+worker does.
 """
 
 from __future__ import annotations
@@ -34,11 +45,10 @@ import queue
 import random
 import threading
 import time
-import weakref
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from chatsdk import _testmode
+from chatsdk import _fork, _testmode
 from chatsdk._errors import (
     ChatSDKError,
     CircuitBreakerOpenError,
@@ -65,7 +75,6 @@ log = logging.getLogger(__name__)
 STREAK = 32
 _SWEEP_EVERY = 60.0  # seconds between expiry sweeps (and pruning of old sent entries)
 _MIN_PAUSE = 0.25  # pause when the breaker is half-open with its probe slots taken
-_LIVE: weakref.WeakSet[Drainer] = weakref.WeakSet()
 
 Deliver = Callable[[Operation], dict[str, Any]]
 
@@ -126,17 +135,20 @@ class Drainer:
         self._poll = float(poll_interval)
         self._retry = retry or DEFAULT_RETRY_POLICY
         self._rand = rand
-        self._watched: set[int] = set()
         self._auth_error: BaseException | None = None
         self._stopping = False
         self._started = False  # ever started (in this process or a parent)
         self._running_here = False  # threads started in this process
+        self._died: str | None = None
+        self._renew_every = outbox.lease_seconds / 3
         self._reset()
         outbox.add_listener(self.notify)
-        _LIVE.add(self)
+        outbox.attach(self)
+        _fork.register(self, order=_fork.ORDER_CLIENT, after_child=Drainer._after_fork)
 
     def _reset(self) -> None:
         """Fresh threads and locks: at construction, and in a forked child."""
+        self._pid = os.getpid()
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._jobs: queue.SimpleQueue[OutboxEntry[Any] | None] = queue.SimpleQueue()
@@ -145,11 +157,14 @@ class Drainer:
         self._paused_until = 0.0
         self._expedite = False
         self._next_sweep = 0.0
+        self._next_renew = 0.0
+        self._watched: set[int] = set()  # breakers listened to (a child has new ones)
 
     def _after_fork(self) -> None:
         # The parent's threads do not exist here; a restart happens on the next notify().
         self._reset()
         self._running_here = False
+        self._died = None
 
     # -- public API ------------------------------------------------------------------------
 
@@ -157,6 +172,26 @@ class Drainer:
     def auth_error(self) -> BaseException | None:
         """The 401/403 that stopped draining, until :meth:`resume`."""
         return self._auth_error
+
+    @property
+    def status(self) -> str:
+        """``"running"``, or why this process's drainer is not delivering.
+
+        ``"stopped"`` after :meth:`stop`; ``"stopped: ..."`` after a 401/403;
+        ``"paused: ..."`` while an open circuit pauses it; ``"dead: ..."`` when one of its
+        threads ended (which no exception does; only the interpreter's own exit).
+        A drainer not started yet in a forked child counts as running: it starts on first use.
+        """
+        if self._stopping:
+            return "stopped"
+        if self._auth_error is not None:
+            return f"stopped: the server refused the API key ({self._auth_error})"
+        if self._died is not None and self._pid == os.getpid():
+            return f"dead: {self._died}"
+        paused = self.paused_for
+        if paused > 0:
+            return f"paused: circuit open, {paused:.1f}s left"
+        return "running"
 
     @property
     def paused_for(self) -> float:
@@ -175,9 +210,13 @@ class Drainer:
                 return
             self._running_here = True
             name = f"chatsdk-outbox-{os.path.basename(self.outbox.path)}"
-            threads = [threading.Thread(target=self._loop, name=name, daemon=True)]
+            threads = [
+                threading.Thread(target=self._guard, args=(self._loop,), name=name, daemon=True)
+            ]
             threads += [
-                threading.Thread(target=self._work, name=f"{name}-worker-{i}", daemon=True)
+                threading.Thread(
+                    target=self._guard, args=(self._work,), name=f"{name}-worker-{i}", daemon=True
+                )
                 for i in range(self._size)
             ]
             self._threads = threads
@@ -189,6 +228,8 @@ class Drainer:
 
         In a forked child this starts the child's own drainer.
         """
+        if self._pid != os.getpid():  # forked without the at-fork hook (it always runs on POSIX)
+            self._after_fork()
         if self._started and not self._running_here:
             self.start()
         if expedite:
@@ -200,11 +241,15 @@ class Drainer:
         self._auth_error = None
         self.notify()
 
-    def flush(self, timeout: float | None = None) -> bool:
+    def flush(self, timeout: float | None = None, *, own: bool = False) -> bool:
         """Block until no entry is ``queued`` or ``sending`` in the file, by any process.
 
         In test mode (``chatsdk.testing.set_testing``) a drainer without running threads
         delivers in the calling thread instead, without waiting.
+
+        Args:
+            timeout: seconds to wait at most (None: for ever).
+            own: wait only for the entries this process queued (or adopted).
 
         Returns:
             True when the outbox is drained; False when ``timeout`` passed first, or when
@@ -214,7 +259,7 @@ class Drainer:
         if inline is not None and not self._running_here:
             return inline(self, timeout)
         self.notify()
-        return self.outbox.wait_idle(timeout, give_up=self._cannot_progress)
+        return self.outbox.wait_idle(timeout, give_up=self._cannot_progress, own=own)
 
     def stop(self, timeout: float | None = None) -> bool:
         """Stop after the deliveries in flight; True when every thread ended in time."""
@@ -235,19 +280,40 @@ class Drainer:
     def _cannot_progress(self) -> bool:
         return self._stopping or self._auth_error is not None
 
+    def _guard(self, target: Callable[[], None]) -> None:
+        """Run a thread's body; record why it ended if it was not asked to."""
+        try:
+            target()
+        finally:
+            if not self._stopping and not self.outbox.closed:
+                name = threading.current_thread().name
+                self._died = f"thread {name} ended unexpectedly"
+                log.error("outbox drainer: %s; entries stay queued", self._died)
+
     def _loop(self) -> None:
         while True:
             self._wake.clear()
             if self._stopping:
                 return
             try:
+                self._renew()
                 timeout = self._step()
             except OutboxError as exc:
                 if self.outbox.closed:
                     return
                 log.warning("outbox drainer: %s; retrying in %.1fs", exc, self._poll)
                 timeout = self._poll
-            self._wake.wait(timeout)
+            except Exception:  # a bug must not end draining: log it, go on
+                log.exception("outbox drainer: unexpected error; retrying in %.1fs", self._poll)
+                timeout = self._poll
+            until_renew = max(0.0, self._next_renew - time.monotonic())
+            self._wake.wait(until_renew if timeout is None else min(timeout, until_renew))
+
+    def _renew(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_renew:
+            self._next_renew = now + self._renew_every
+            self.outbox.renew_leases()
 
     def _step(self) -> float | None:
         """Claim and dispatch what is due; return how long to sleep (None: until woken)."""
@@ -301,9 +367,13 @@ class Drainer:
             return self.process(entry, follow=follow)
         except OutboxError as exc:
             # The outcome could not be written; the lease runs out and the entry is resent
-            # under the same key, so the server replays rather than duplicates.
+            # (by this process or another) under the same key, so the server replays rather
+            # than duplicates.
             log.warning("outbox entry %d: outcome not recorded: %s", entry.id, exc)
-            return None
+        except Exception:  # a bug must not end the worker: the lease runs out, as above
+            log.exception("outbox entry %d: unexpected error while processing it", entry.id)
+        self.outbox.forget(entry)
+        return None
 
     def process(self, entry: OutboxEntry[Any], *, follow: Follow = None) -> OutboxEntry[Any] | None:
         """Deliver one claimed entry and record the outcome in the outbox.
@@ -366,11 +436,3 @@ class Drainer:
         with self._lock:
             self._paused_until = 0.0
         self.notify(expedite=new is CircuitState.CLOSED)
-
-
-def _after_fork_in_child() -> None:
-    for drainer in list(_LIVE):
-        drainer._after_fork()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)

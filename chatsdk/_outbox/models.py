@@ -18,6 +18,7 @@ from chatsdk._models import Message, Reaction
 
 __all__ = [
     "COLUMNS",
+    "FlushResult",
     "Kind",
     "Operation",
     "OutboxEntry",
@@ -25,6 +26,7 @@ __all__ = [
     "describe_error",
     "entry_from_row",
     "error_record",
+    "row_problem",
 ]
 
 Kind = Literal["message", "reaction"]
@@ -35,7 +37,7 @@ R = TypeVar("R")
 COLUMNS = (
     "id, kind, channel, idempotency_key, body, status, attempts, created_at, "
     "next_attempt_at, lease_owner, lease_expires_at, last_error, error, response, "
-    "possibly_delivered"
+    "possibly_delivered, lease_token"
 )
 
 
@@ -62,7 +64,15 @@ class Operation:
 
 @attrs.frozen(kw_only=True)
 class OutboxStats:
-    """Counts per status, and the age in seconds of the oldest pending entry (or None)."""
+    """Counts per status, the age in seconds of the oldest pending entry (or None), and
+    how this process's drainer is doing.
+
+    Attributes:
+        drainer: None when no drainer of this process drains the outbox; ``"running"``;
+            otherwise why one is not delivering (``"stopped"``, ``"stopped: ..."`` after a
+            401/403, ``"paused: ..."`` while a circuit is open, ``"dead: ..."`` if one of
+            its threads ended).
+    """
 
     queued: int = 0
     sending: int = 0
@@ -70,11 +80,32 @@ class OutboxStats:
     failed: int = 0
     expired: int = 0
     oldest_pending_age: float | None = None
+    drainer: str | None = None
 
     @property
     def pending(self) -> int:
         """Entries still to deliver (``queued`` + ``sending``)."""
         return self.queued + self.sending
+
+
+@attrs.frozen(kw_only=True)
+class FlushResult:
+    """What :meth:`ChatClient.flush` or :meth:`ChatClient.close` left undelivered.
+
+    True (as a boolean) when nothing is left: ``if not chat.flush(5): ...``.
+
+    Attributes:
+        pending: entries still ``queued`` or ``sending`` (for ``close()``: those this
+            process queued; for ``flush()``: every process's). They stay on disk, and the
+            next client on the file delivers them.
+        path: the outbox file (None for a client without an outbox).
+    """
+
+    pending: int = 0
+    path: str | None = None
+
+    def __bool__(self) -> bool:
+        return self.pending == 0
 
 
 @attrs.frozen(kw_only=True)
@@ -104,6 +135,7 @@ class OutboxEntry(Generic[R]):
     possibly_delivered: bool = attrs.field(default=False, repr=False)
     lease_owner: str | None = attrs.field(default=None, repr=False)
     lease_expires_at: float | None = attrs.field(default=None, repr=False)
+    lease_token: str | None = attrs.field(default=None, repr=False, eq=False)
     _outbox: _Waiter = attrs.field(repr=False, eq=False)
     _error: dict[str, Any] | None = attrs.field(default=None, repr=False, eq=False)
     _response: str | None = attrs.field(default=None, repr=False, eq=False)
@@ -183,8 +215,9 @@ def entry_from_row(outbox: _Waiter, row: tuple[Any, ...]) -> OutboxEntry[Any]:
         error,
         response,
         possibly,
+        lease_token,
     ) = row
-    op = Operation(kind=kind, body=json.loads(body), idempotency_key=key, channel=channel)
+    op = Operation(kind=kind, body=_body(body), idempotency_key=key, channel=channel)
     return OutboxEntry(
         id=entry_id,
         idempotency_key=key,
@@ -197,10 +230,44 @@ def entry_from_row(outbox: _Waiter, row: tuple[Any, ...]) -> OutboxEntry[Any]:
         possibly_delivered=bool(possibly),
         lease_owner=lease_owner,
         lease_expires_at=lease_expires,
+        lease_token=lease_token,
         outbox=outbox,
-        error=None if error is None else json.loads(error),
+        error=_error(error),
         response=response,
     )
+
+
+def row_problem(row: tuple[Any, ...]) -> str | None:
+    """Why a row of :data:`COLUMNS` cannot be delivered (None when it can)."""
+    kind, body = row[1], row[4]
+    if kind not in ("message", "reaction"):
+        return f"unknown kind {kind!r}"
+    try:
+        decoded = json.loads(body)
+    except (TypeError, ValueError) as exc:
+        return f"body is not JSON: {exc}"
+    if not isinstance(decoded, dict):
+        return f"body is a JSON {type(decoded).__name__}, not an object"
+    return None
+
+
+def _body(text: Any) -> dict[str, Any]:
+    """An entry's stored body; one that cannot be decoded is shown as its raw text."""
+    try:
+        decoded = json.loads(text)
+    except (TypeError, ValueError):
+        decoded = None
+    return decoded if isinstance(decoded, dict) else {"undecodable": str(text)}
+
+
+def _error(text: str | None) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    try:
+        decoded = json.loads(text)
+    except ValueError:
+        return {"type": "OutboxError", "message": text}
+    return decoded if isinstance(decoded, dict) else {"type": "OutboxError", "message": text}
 
 
 def describe_error(record: dict[str, Any]) -> str:

@@ -8,8 +8,17 @@ or an API key: the client that drains it decides where it goes. Entries move thr
       +---reschedule-----+   \\--expire-> expired   (older than max_age)
 
 Claims are atomic across processes (``BEGIN IMMEDIATE``) and carry a lease (owner, wall-clock
-expiry): an entry whose owner died is taken over when the lease runs out, or at once when
-the owner was a process on this host that no longer exists, and resent with the same key.
+expiry, a random token): an entry whose owner died is taken over when the lease runs out, or
+at once when the owner was a process on this host that no longer exists, and resent with the
+same key. The drainer renews the leases of the deliveries it has in flight
+(:meth:`Outbox.renew_leases`), every outcome is fenced by the claim's token (a stale holder's
+ack changes nothing), and a claim of this process that is no longer in flight here (its
+outcome could not be written) is re-taken once its lease runs out.
+
+Each entry remembers the process that queued it (its *origin*): :meth:`Outbox.wait_idle`
+with ``own=True`` waits only for those, which is what ``ChatClient.close()`` does; the
+entries of a process on this host that exited are adopted by the next one that looks
+(:meth:`Outbox.adopt_orphans`).
 A channel's next entry is never claimable before the previous one left ``queued``/``sending``.
 The background delivery loop lives in :mod:`chatsdk._outbox.drainer`; the SQL statements in
 :mod:`chatsdk._outbox.sql`.
@@ -21,11 +30,13 @@ import json
 import logging
 import os
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
+from chatsdk import _fork
 from chatsdk._errors import OutboxError, WaitTimeoutError
 from chatsdk._models import Message, Reaction
 from chatsdk._outbox import sql
@@ -37,6 +48,7 @@ from chatsdk._outbox.models import (
     describe_error,
     entry_from_row,
     error_record,
+    row_problem,
 )
 from chatsdk._outbox.sqlite import Database, Durability
 
@@ -53,12 +65,20 @@ _POLL = 1.0  # at most this long between looks at the file for other processes' 
 #: ``"channel"``, the entry's channel's next entry when it is due; ``"any"``, the most
 #: overdue channel head, as :meth:`Outbox.claim` picks them; None, nothing.
 Follow = Literal["channel", "any"] | None
+#: ``os.kill(pid, 0)`` is a liveness probe on POSIX only (on Windows it would end the
+#: process): elsewhere another process's claim is taken over when its lease runs out.
+CAN_PROBE_PIDS = os.name != "nt"
+
+
+class _Drainer(Protocol):
+    @property
+    def status(self) -> str: ...
 
 
 def _owner_alive(owner: str | None, host: str) -> bool:
     """False only when ``owner`` was a process on this host that no longer exists."""
     parts = (owner or "").split(":")
-    if len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
+    if len(parts) != 3 or parts[0] != host or not parts[1].isdigit() or not CAN_PROBE_PIDS:
         return True
     try:
         os.kill(int(parts[1]), 0)
@@ -115,9 +135,29 @@ class Outbox:
         self.max_age = float(max_age)
         self.sent_retention = float(sent_retention)
         self._clock = clock
-        self._listeners: list[Callable[[], None]] = []
         self._db = Database(self.path, durability)
         self._run = self._db.run
+        self._listeners: list[Callable[[], None]] = []
+        self._drainers: list[_Drainer] = []
+        self._reset()
+        _fork.register(
+            self,
+            order=_fork.ORDER_OUTBOX,
+            before=Outbox._quiesce,
+            after_parent=Outbox._resume,
+            after_child=Outbox._reset,
+        )
+
+    def _quiesce(self) -> None:
+        self._lock.acquire()
+
+    def _resume(self) -> None:
+        self._lock.release()
+
+    def _reset(self) -> None:
+        """Process state: at construction, and in a forked child (the claims were the parent's)."""
+        self._lock = threading.Lock()
+        self._held: set[str] = set()  # lease tokens of this process's deliveries in flight
 
     @property
     def owner(self) -> str:
@@ -128,7 +168,27 @@ class Outbox:
 
     def add_listener(self, callback: Callable[[], None]) -> None:
         """Call ``callback()`` after each entry this process queues or re-queues."""
-        self._listeners.append(callback)
+        with self._lock:
+            self._listeners = [*self._listeners, callback]
+
+    def remove_listener(self, callback: Callable[[], None]) -> None:
+        """Stop calling ``callback`` (a closed client's drainer); unknown ones are ignored."""
+        with self._lock:
+            self._listeners = [c for c in self._listeners if c != callback]
+
+    def attach(self, drainer: _Drainer) -> None:
+        """Report ``drainer``'s :attr:`status` in :meth:`stats` (until :meth:`detach`)."""
+        with self._lock:
+            self._drainers = [*self._drainers, drainer]
+
+    def detach(self, drainer: _Drainer) -> None:
+        """Stop reporting ``drainer``."""
+        with self._lock:
+            self._drainers = [d for d in self._drainers if d is not drainer]
+
+    def _notify(self) -> None:
+        for listener in self._listeners:  # a snapshot: the list is replaced, never mutated
+            listener()
 
     def enqueue(
         self,
@@ -154,8 +214,9 @@ class Outbox:
         now = self._clock()
 
         def insert(conn: sqlite3.Connection) -> OutboxEntry[Any]:
+            values = (kind, channel, key, text, now, now, self.owner)
             try:
-                row_id = conn.execute(sql.INSERT, (kind, channel, key, text, now, now)).lastrowid
+                row_id = conn.execute(sql.INSERT, values).lastrowid
             except sqlite3.IntegrityError:
                 row = conn.execute(sql.BY_KEY, (key,)).fetchone()
                 if (row[1], row[2], row[4]) != (kind, channel, text):
@@ -178,8 +239,7 @@ class Outbox:
             )
 
         entry = self._run(insert, write=False)  # one INSERT: SQLite's implicit transaction
-        for listener in self._listeners:
-            listener()
+        self._notify()
         return entry
 
     def get(self, entry_id: int) -> OutboxEntry[Any] | None:
@@ -218,20 +278,39 @@ class Outbox:
         counts, oldest = self._run(read, write=False)
         known = {status: n for status, n in counts if status in STATUSES}
         age = None if oldest is None else max(0.0, self._clock() - oldest)
-        return OutboxStats(**known, oldest_pending_age=age)
+        statuses = [d.status for d in self._drainers]
+        drainer = next((s for s in statuses if s != "running"), "running" if statuses else None)
+        return OutboxStats(**known, oldest_pending_age=age, drainer=drainer)
 
     def has_pending(self) -> bool:
         """True while an entry is ``queued`` or ``sending``, in any process (one index probe)."""
         return bool(self._run(lambda c: c.execute(sql.HAS_PENDING).fetchone()[0], write=False))
 
-    def pending_count(self) -> int:
-        """Entries ``queued`` or ``sending``, in every process."""
-        return int(
-            self._run(
-                lambda c: c.execute(sql.COUNT_PENDING).fetchone()[0],
-                write=False,
-            )
-        )
+    def pending_count(self, *, own: bool = False) -> int:
+        """Entries ``queued`` or ``sending``, in every process.
+
+        With ``own``, only those this process queued (or adopted from a process that exited).
+        """
+        query, args = (sql.COUNT_ORIGIN, (self.owner,)) if own else (sql.COUNT_PENDING, ())
+        return int(self._run(lambda c: c.execute(query, args).fetchone()[0], write=False))
+
+    def adopt_orphans(self) -> int:
+        """Make this process the origin of the pending entries of processes that exited.
+
+        A process on this host that no longer exists (or an entry from before origins were
+        recorded) left entries nobody waits for; after this, this process's ``close()``
+        waits for them too. Returns how many entries were adopted.
+        """
+
+        def adopt(conn: sqlite3.Connection) -> int:
+            origins = [row[0] for row in conn.execute(sql.ORIGINS).fetchall()]
+            dead = [o for o in origins if o is None or not _owner_alive(o, self._db.host)]
+            return sum(conn.execute(sql.ADOPT, (self.owner, o)).rowcount for o in dead)
+
+        count = self._run(adopt)
+        if count:
+            log.info("outbox %s: adopted %d entries of processes that exited", self.path, count)
+        return count
 
     def retry(self, entry_id: int) -> OutboxEntry[Any]:
         """Re-queue a ``failed`` entry (or an ``expired`` one never attempted).
@@ -263,8 +342,7 @@ class Outbox:
             return entry_from_row(self, conn.execute(sql.BY_ID, (entry_id,)).fetchone())
 
         entry = self._run(requeue)
-        for listener in self._listeners:
-            listener()
+        self._notify()
         return entry
 
     def purge(self, status: str | Iterable[str] = TERMINAL) -> int:
@@ -302,18 +380,23 @@ class Outbox:
             self._db.wait_changed(seen, min(_POLL, remaining))
 
     def wait_idle(
-        self, timeout: float | None = None, *, give_up: Callable[[], bool] | None = None
+        self,
+        timeout: float | None = None,
+        *,
+        give_up: Callable[[], bool] | None = None,
+        own: bool = False,
     ) -> bool:
         """Block until no entry is ``queued`` or ``sending`` (True), or ``timeout`` passes.
 
-        ``give_up()``, checked at every wake-up, ends the wait early with False.
+        ``give_up()``, checked at every wake-up, ends the wait early with False. With
+        ``own``, only the entries this process queued count (see :meth:`pending_count`).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             # Read before the query: a change after it ends the wait. Only changes that may
             # leave nothing pending wake this waiter, not every delivery of a busy drain.
             seen = self._db.settled_generation
-            if not self.has_pending():
+            if not (self.pending_count(own=True) if own else self.has_pending()):
                 return True
             remaining = _POLL if deadline is None else deadline - time.monotonic()
             if remaining <= 0 or (give_up is not None and give_up()):
@@ -367,28 +450,65 @@ class Outbox:
         for row in heads:
             if row[sql.STATUS] == "queued":
                 due = row[sql.NEXT_AT]
-            elif row[sql.OWNER] == owner:
-                continue  # ours, in flight
-            elif _owner_alive(row[sql.OWNER], self._db.host):
+            elif row[sql.TOKEN] in self._held:
+                continue  # ours, in flight (its lease is renewed)
+            elif row[sql.OWNER] == owner or _owner_alive(row[sql.OWNER], self._db.host):
+                # Ours but no longer in flight here (its outcome could not be written), or
+                # another live process's: taken over when the lease runs out.
                 due = row[sql.LEASE_EXPIRES] or 0.0
             else:
                 due = now
             if due <= now and len(claimed) < limit:
-                claimed.append(self._claim_row(conn, row, now))
+                entry = self._claim_row(conn, row, now)
+                if entry is not None:
+                    claimed.append(entry)
             elif next_due is None or due < next_due:
                 next_due = due
         return claimed, next_due
 
     def _claim_row(
         self, conn: sqlite3.Connection, row: tuple[Any, ...], now: float
-    ) -> OutboxEntry[Any]:
-        """Claim the entry of ``row`` (a due head) for this process; returns it as claimed."""
-        owner, expires = self.owner, now + self.lease_seconds
-        conn.execute(sql.CLAIM, (owner, expires, row[0]))
+    ) -> OutboxEntry[Any] | None:
+        """Claim the entry of ``row`` (a due head) for this process; returns it as claimed.
+
+        A row that cannot be decoded becomes a dead letter with the reason (None is
+        returned), so it never stops its channel nor the drainer.
+        """
+        problem = row_problem(row)
+        if problem is not None:
+            record = {"type": "OutboxError", "message": f"undecodable entry: {problem}"}
+            conn.execute(sql.DEAD_LETTER, (now, describe_error(record), json.dumps(record), row[0]))
+            log.error("outbox %s: entry %d is a dead letter: %s", self.path, row[0], problem)
+            return None
+        owner, expires, token = self.owner, now + self.lease_seconds, uuid.uuid4().hex
+        conn.execute(sql.CLAIM, (owner, expires, token, row[0]))
         claimed = list(row)
         claimed[sql.STATUS], claimed[sql.ATTEMPTS] = "sending", row[sql.ATTEMPTS] + 1
         claimed[sql.OWNER], claimed[sql.LEASE_EXPIRES] = owner, expires
+        claimed[sql.TOKEN] = token
+        with self._lock:
+            self._held.add(token)
         return entry_from_row(self, tuple(claimed))
+
+    def renew_leases(self) -> int:
+        """Extend the lease of every delivery this process has in flight; returns how many."""
+        with self._lock:
+            tokens = list(self._held)
+        if not tokens:
+            return 0
+        expires = self._clock() + self.lease_seconds
+        return self._run(
+            lambda c: c.executemany(sql.RENEW, [(expires, t) for t in tokens]).rowcount
+        )
+
+    def forget(self, entry: OutboxEntry[Any]) -> None:
+        """``entry`` is no longer in flight here (its outcome is recorded, or cannot be).
+
+        Its lease is no longer renewed; when no outcome was written the claim is re-taken,
+        by this process or another, once the lease runs out.
+        """
+        with self._lock:
+            self._held.discard(entry.lease_token or "")
 
     def _follow(
         self, conn: sqlite3.Connection, entry: OutboxEntry[Any], follow: Follow, now: float
@@ -418,16 +538,20 @@ class Outbox:
 
         With ``follow``, the same transaction also claims the next entry to deliver (see
         :data:`Follow`), which is returned (None when there is none due): a worker keeps to
-        its channel for one commit per message.
+        its channel for one commit per message. A claim that is no longer ours (taken over
+        after its lease ran out) is left as it is.
         """
         text = _ENCODER.encode(response)
 
         def record(conn: sqlite3.Connection) -> OutboxEntry[Any] | None:
             now = self._clock()
-            conn.execute(sql.ACK, (now, text, entry.id))
+            self._fenced(conn.execute(sql.ACK, (now, text, *_fence(entry))).rowcount, entry)
             return self._follow(conn, entry, follow, now)
 
-        claimed = self._run(record)
+        try:
+            claimed = self._run(record)
+        finally:
+            self.forget(entry)
         self._db.signal(settled=claimed is None)
         return claimed
 
@@ -459,17 +583,27 @@ class Outbox:
             self._finish(entry, "failed", record, possibly_delivered=True)
             return
         when = self._clock() + max(0.0, delay)
-        self._run(
-            lambda c: c.execute(
-                sql.RESCHEDULE,
-                (when, describe_error(record), json.dumps(record), *_fence(entry)),
-            )
-        )
+        args = (when, describe_error(record), json.dumps(record), *_fence(entry))
+        try:
+            self._run(lambda c: self._fenced(c.execute(sql.RESCHEDULE, args).rowcount, entry))
+        finally:
+            self.forget(entry)
         self._db.signal()
 
     def release(self, entry: OutboxEntry[Any]) -> None:
         """Give a claim back untouched (nothing was sent): ``queued``, attempt not counted."""
-        self._run(lambda c: c.execute(sql.RELEASE, _fence(entry)))
+        try:
+            self._run(lambda c: self._fenced(c.execute(sql.RELEASE, _fence(entry)).rowcount, entry))
+        finally:
+            self.forget(entry)
+
+    def _fenced(self, rowcount: int, entry: OutboxEntry[Any]) -> None:
+        if not rowcount:
+            log.warning(
+                "outbox entry %d: outcome not recorded, the claim is no longer ours "
+                "(its lease ran out and another claim took it over)",
+                entry.id,
+            )
 
     def expedite(self) -> int:
         """Make entries backing off after transport/server errors due now (the host is back).
@@ -510,14 +644,17 @@ class Outbox:
 
         def finish(conn: sqlite3.Connection) -> OutboxEntry[Any] | None:
             now = self._clock()
-            conn.execute(sql.FINISH, (status, now, *args))
+            self._fenced(conn.execute(sql.FINISH, (status, now, *args)).rowcount, entry)
             return self._follow(conn, entry, follow, now)
 
-        claimed = self._run(finish)
+        try:
+            claimed = self._run(finish)
+        finally:
+            self.forget(entry)
         self._db.signal(settled=claimed is None)
         return claimed
 
 
 def _fence(entry: OutboxEntry[Any]) -> tuple[Any, ...]:
     """The parameters of the claim-still-ours condition, for a claimed entry."""
-    return (entry.id, entry.lease_owner, entry.attempts)
+    return (entry.id, entry.lease_token)

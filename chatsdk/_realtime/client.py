@@ -27,6 +27,9 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+import attrs
+
+from chatsdk import _fork
 from chatsdk._errors import (
     ConfigurationError,
     InvalidResponseError,
@@ -148,6 +151,36 @@ class RealtimeClient(SocketLoop):
             on_connected=self._on_connected,
             spawn=self._spawn,
         )
+        self._resume_in_child = False
+        _fork.register(self, order=_fork.ORDER_CLIENT, after_child=RealtimeClient._after_fork)
+
+    def _after_fork(self) -> None:
+        """In a forked child: no thread and no socket of the parent's is ours.
+
+        The state says so (``DISCONNECTED``, or ``CLOSED`` if it was), :meth:`connect`
+        works, and a client that was running in the parent reconnects on its own on first
+        use (:meth:`subscribe`, :meth:`wait_connected`), keeping its subscriptions.
+        """
+        self._resume_in_child = self._running and self._state is not RealtimeState.CLOSED
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)
+        self._closing = threading.Event()
+        self._running = False
+        self._thread = None
+        self._helpers = []
+        self._conn = None  # the parent's socket: never read nor written here
+        self._dispatcher.reset_after_fork()
+        self._context = attrs.evolve(self._context, lock=self._lock)
+        for sub in self._subs.values():
+            sub._subscribed = threading.Event()
+            sub.connection_lost()
+        if self._state is not RealtimeState.CLOSED:
+            self._state = RealtimeState.DISCONNECTED
+
+    def _resume_after_fork(self) -> None:
+        if self._resume_in_child:
+            self._resume_in_child = False
+            self.connect()
 
     @classmethod
     def from_token_source(
@@ -253,6 +286,7 @@ class RealtimeClient(SocketLoop):
 
     def wait_connected(self, timeout: float | None = None) -> bool:
         """Block until connected; False on timeout or when the client stopped or closed."""
+        self._resume_after_fork()
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._changed:
             while self._state is not RealtimeState.CONNECTED:
@@ -319,6 +353,7 @@ class RealtimeClient(SocketLoop):
         """
         if not isinstance(channel, str) or not channel:
             raise ValidationError("channel", "must be a non-empty string")
+        self._resume_after_fork()
         with self._lock:
             if self._state is RealtimeState.CLOSED:
                 raise RealtimeError("the realtime client is closed")

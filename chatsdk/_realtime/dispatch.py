@@ -33,6 +33,13 @@ class Dispatcher:
         self._thread: threading.Thread | None = None
         self._stopping = False
 
+    def reset_after_fork(self) -> None:
+        """In a forked child: the thread was the parent's; the next :meth:`start` makes one."""
+        self._queue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread = None
+        self._stopping = False
+
     def start(self) -> None:
         """Start the thread (idempotent; a stopped dispatcher can be started again)."""
         with self._lock:

@@ -406,6 +406,11 @@ class CircuitBreaker:
         with self._lock:
             self._listeners.append(callback)
 
+    @property
+    def listeners(self) -> list[Listener]:
+        """The registered state-change listeners, in registration order (a copy)."""
+        return list(self._listeners)
+
     def __repr__(self) -> str:
         snap = self.snapshot()
         return f"<CircuitBreaker {self.name!r} {snap.state.value}>"

@@ -90,13 +90,34 @@ class HostState:
         self.policy = breaker
         self._retry = retry
         self._clock = clock
+        self._max_hosts = max_hosts
         self._listeners: list[Listener] = []
         self._listeners_lock = threading.Lock()
-        self._hosts: BoundedRegistry[Host] = BoundedRegistry(
+        self._hosts = self._new_registry()
+
+    def _new_registry(self) -> BoundedRegistry[Host]:
+        return BoundedRegistry(
             self._new_host,
-            max_size=max_hosts,
+            max_size=self._max_hosts,
             evictable=lambda h: h.breaker is None or h.breaker.state is CircuitState.CLOSED,
         )
+
+    def reset_after_fork(self) -> None:
+        """In a forked child: fresh breakers, budgets and locks; every listener is kept.
+
+        The parent's breakers may hold probe permits of requests in flight in threads that
+        do not exist here, and their locks may be held: each host starts again CLOSED, with
+        the listeners registered here and on each of its breakers.
+        """
+        self._listeners_lock = threading.Lock()
+        old = self._hosts.items()
+        self._hosts = self._new_registry()
+        for name, host in old:
+            if host.breaker is not None:
+                kept = [cb for cb in host.breaker.listeners if cb != self._announce]
+                new = self._hosts.get(name).breaker
+                for callback in kept:
+                    new.add_listener(callback)  # type: ignore[union-attr]
 
     def get(self, name: str) -> Host:
         """The state named ``rest:<host>`` or ``ws:<host>`` (see :func:`host_of`)."""

@@ -205,7 +205,7 @@ def _drain(args: argparse.Namespace) -> int:
         try:
             while True:
                 left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                done = client.flush(_SLICE if left is None else min(_SLICE, left))
+                done = bool(client.flush(_SLICE if left is None else min(_SLICE, left)))
                 pending = outbox.pending_count()
                 total = max(total, bar.n + pending)  # other processes may queue meanwhile
                 bar.total, bar.n = total, total - pending

@@ -105,8 +105,11 @@ def test_close_flushes_for_at_most_close_timeout_and_the_next_client_finishes(
     client = ChatClient(server.url, KEY, outbox=path, close_timeout=0.5, retry=fast_fail)
     server.stop()  # down until the test starts it again: no race with a timed outage
     entries = [client.queue_message("cron", f"job {i}") for i in range(5)]
-    assert client.flush(0.2) is False
-    client.close()  # returns although the server is still down
+    flushed = client.flush(0.2)
+    assert not flushed and (flushed.pending, flushed.path) == (5, str(path))
+    closed = client.close()  # returns although the server is still down
+    assert not closed and closed.pending == 5
+    assert client.close() is closed  # idempotent
     with Outbox(path) as box:
         # close() gave up after close_timeout instead of waiting for the server: the
         # entries are left on disk, nothing lost.
@@ -129,7 +132,7 @@ def test_refused_key_stops_draining_and_leaves_entries_queued(
         bad = ChatClient(server.url, key, outbox=path, close_timeout=0.2)
         for i in range(3):
             bad.queue_message("c", f"m{i}")
-        assert bad.flush(10) is False  # returns as soon as draining stopped
+        assert bad.flush(10).pending == 3  # returns as soon as draining stopped
         refused = bad.outbox_auth_error
         assert refused is not None and getattr(refused, "status", None) in (401, 403)
         bad.close()

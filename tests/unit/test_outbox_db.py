@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 import chatsdk._outbox.sqlite as db_module
-from chatsdk._errors import OutboxCorruptError, OutboxError
+from chatsdk._errors import OutboxCorruptError, OutboxError, OutboxFileError
 from chatsdk._outbox.outbox import Outbox
 from chatsdk._outbox.sqlite import _MIGRATIONS, APPLICATION_ID, SCHEMA_VERSION, Database
 
@@ -28,8 +28,7 @@ def mode(path: Path) -> int:
 
 @pytest.fixture
 def fast_busy(monkeypatch: pytest.MonkeyPatch) -> None:
-    """SQLite waits 50 ms per statement, we retry for 0.3 s: busy tests stay quick."""
-    monkeypatch.setattr(db_module, "BUSY_TIMEOUT", 0.05)
+    """We retry SQLITE_BUSY for 0.3 s: busy tests stay quick."""
     monkeypatch.setattr(db_module, "BUSY_DEADLINE", 0.3)
 
 
@@ -83,19 +82,74 @@ def assert_moved_aside(exc: OutboxCorruptError, path: Path, content: bytes | Non
         assert moved.read_bytes() == content
 
 
-def test_garbage_file_is_moved_aside_never_deleted(tmp_path: Path) -> None:
+def assert_refused_untouched(exc: OutboxFileError, path: Path, content: bytes) -> None:
+    assert exc.path == str(path) and str(path) in str(exc)
+    assert path.read_bytes() == content  # untouched, and not renamed
+    assert [p.name for p in path.parent.iterdir() if ".corrupt-" in p.name] == []
+
+
+def test_garbage_file_is_refused_untouched(tmp_path: Path) -> None:
     path = tmp_path / "o.db"
-    path.write_bytes(b"this is my shopping list, not a database" * 10)
-    (tmp_path / "o.db-wal").write_bytes(b"wal")
-    with pytest.raises(OutboxCorruptError, match="not an SQLite database") as info:
+    content = b"this is my shopping list, not a database" * 10
+    path.write_bytes(content)
+    with pytest.raises(OutboxFileError, match="not an SQLite database") as info:
         Outbox(path)
-    assert_moved_aside(info.value, path, b"this is my shopping list, not a database" * 10)
-    assert Path(info.value.moved_to + "-wal").read_bytes() == b"wal"
+    assert_refused_untouched(info.value, path, content)
+
+
+def test_the_apps_own_django_database_is_refused_never_renamed(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite3"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE auth_user (id INTEGER PRIMARY KEY, username TEXT)")
+    conn.execute("INSERT INTO auth_user (username) VALUES ('admin')")
+    conn.commit()
+    conn.close()
+    content = path.read_bytes()
+    with pytest.raises(OutboxFileError, match=r"db\.sqlite3 is not a chatsdk outbox") as info:
+        Outbox(path)
+    assert_refused_untouched(info.value, path, content)
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT username FROM auth_user").fetchall() == [("admin",)]
+    conn.close()
+
+
+def test_foreign_application_id_without_tables_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "app.db"
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA application_id = 7")
+    conn.commit()
+    conn.close()
+    with pytest.raises(OutboxFileError, match="application_id 7"):
+        Outbox(path)
+    assert path.exists()
+
+
+def corrupt_past_page_one(path: Path) -> bytes:
+    """An outbox with 300 entries, then garbage over its last pages (page 1 intact)."""
+    with Outbox(path) as box:
+        for i in range(300):
+            box.enqueue("message", f"c{i % 7}", {**BODY, "text": "x" * 200})
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    data = bytearray(path.read_bytes())
+    assert len(data) > 8 * 4096
+    data[-4 * 4096 :] = b"\xab" * (4 * 4096)
+    path.write_bytes(bytes(data))
+    return bytes(data)
+
+
+def test_deep_corruption_of_an_outbox_is_detected_and_moved_aside(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    data = corrupt_past_page_one(path)
+    with pytest.raises(OutboxCorruptError, match="corrupt database") as info:
+        Outbox(path)
+    assert_moved_aside(info.value, path, data)
     with Outbox(path) as box:  # the next open starts afresh
         assert box.stats().pending == 0
 
 
-def test_malformed_database_is_moved_aside(tmp_path: Path) -> None:
+def test_malformed_outbox_is_moved_aside(tmp_path: Path) -> None:
     path = tmp_path / "o.db"
     with Outbox(path) as box:
         box.enqueue("message", "c1", BODY)
@@ -103,32 +157,25 @@ def test_malformed_database_is_moved_aside(tmp_path: Path) -> None:
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
     data = bytearray(path.read_bytes())
-    data[100:] = b"\xab" * (len(data) - 100)
+    data[100:] = b"\xab" * (len(data) - 100)  # the header (and its application id) intact
     path.write_bytes(bytes(data))
     with pytest.raises(OutboxCorruptError, match="corrupt database") as info:
         Outbox(path)
     assert_moved_aside(info.value, path, bytes(data))
 
 
-def test_foreign_sqlite_database_is_moved_aside(tmp_path: Path) -> None:
-    path = tmp_path / "app.db"
+def test_unreadable_sqlite_file_that_is_not_recognisably_ours_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "other.db"
     conn = sqlite3.connect(path)
-    conn.execute("CREATE TABLE users (name TEXT)")
+    conn.execute("CREATE TABLE t (x)")
     conn.commit()
     conn.close()
-    with pytest.raises(OutboxCorruptError, match="not a chatsdk outbox") as info:
+    data = bytearray(path.read_bytes())
+    data[100:] = b"\xab" * (len(data) - 100)
+    path.write_bytes(bytes(data))
+    with pytest.raises(OutboxFileError, match="not recognisably one") as info:
         Outbox(path)
-    assert_moved_aside(info.value, path, None)
-
-
-def test_foreign_application_id_without_tables_is_moved_aside(tmp_path: Path) -> None:
-    path = tmp_path / "app.db"
-    conn = sqlite3.connect(path)
-    conn.execute("PRAGMA application_id = 7")
-    conn.commit()
-    conn.close()
-    with pytest.raises(OutboxCorruptError, match="application_id 7"):
-        Outbox(path)
+    assert_refused_untouched(info.value, path, bytes(data))
 
 
 def test_moved_aside_name_never_overwrites(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -137,7 +184,7 @@ def test_moved_aside_name_never_overwrites(tmp_path: Path, monkeypatch: pytest.M
     taken = tmp_path / f"o.db.corrupt-STAMP-{os.getpid()}"
     taken.write_bytes(b"an earlier casualty")
     (tmp_path / f"o.db.corrupt-STAMP-{os.getpid()}-1").write_bytes(b"another")
-    path.write_bytes(b"garbage" * 10)
+    corrupt_past_page_one(path)
     with pytest.raises(OutboxCorruptError) as info:
         Outbox(path)
     assert info.value.moved_to == f"{taken}-2"
@@ -383,14 +430,20 @@ def test_close_in_a_child_leaves_the_parents_connection_alone(
     conn.close()
 
 
-def test_at_fork_hook_reopens_every_live_outbox(tmp_path: Path) -> None:
+def test_at_fork_reset_reopens_lazily_on_first_use(tmp_path: Path) -> None:
     box = Outbox(tmp_path / "o.db")
-    before = box.owner
-    db_module._after_fork_in_child()  # what os.fork() runs in the child
+    before, parent_conn = box.owner, box._db._conn
+    box._db.after_fork()  # what the at-fork hook runs in the child
     assert box.owner != before
+    assert box._db._conn is None  # nothing opened inside the hook
+    box._db.after_fork()  # a grandchild forked before any use: nothing to abandon
+    assert box._db._conn is None
     box.enqueue("message", "c1", BODY)
+    assert box._db._conn is not None and box._db._conn is not parent_conn
     assert box.pending_count() == 1
     box.close()
+    assert parent_conn is not None
+    parent_conn.close()
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")

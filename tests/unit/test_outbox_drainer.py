@@ -508,7 +508,7 @@ def test_forked_child_restarts_its_drainer_lazily(tmp_path: Path) -> None:
     assert drainer.stop(30)
     parent_threads = drainer._threads
     drainer._stopping = False
-    drainer_module._after_fork_in_child()  # what os.fork() runs in the child
+    drainer._after_fork()  # what the at-fork hook runs in the child
     assert drainer._threads == [] and not drainer._running_here
     entry = box.enqueue("message", "c1", body("c1"))  # notify() restarts it
     assert drainer._threads and drainer._threads[0] is not parent_threads[0]

@@ -241,7 +241,9 @@ def test_live_foreign_lease_blocks_until_expiry(outbox: Outbox, clock: FakeClock
     outbox.reschedule(stale, ConnectError("late"), 0)
     outbox.fail(stale, BadRequestError(400, None, "late"))
     outbox.release(stale)
-    assert outbox.get(entry.id).status == "sending"  # type: ignore[union-attr]
+    outbox.ack(stale, message_json("late"))  # a stale holder's ack changes nothing either
+    now = outbox.get(entry.id)
+    assert now is not None and (now.status, now.lease_token) == ("sending", claimed[0].lease_token)
 
 
 def test_dead_local_owner_is_taken_over_at_once(outbox: Outbox) -> None:
@@ -346,7 +348,7 @@ def test_fail_follow_moves_the_channel_on_in_one_transaction(outbox: Outbox) -> 
     assert following is not None and following.id == after.id
     assert outbox.get(poison.id).status == "failed"  # type: ignore[union-attr]
     # A fenced-off outcome (the claim was taken over) claims nothing after it either.
-    raw(outbox, "UPDATE entries SET lease_owner = 'otherhost:1:x' WHERE id = ?", (after.id,))
+    raw(outbox, "UPDATE entries SET lease_token = 'taken-over' WHERE id = ?", (after.id,))
     assert outbox.fail(following, BadRequestError(400, None, "x"), follow="channel") is None
     assert outbox.get(after.id).status == "sending"  # type: ignore[union-attr]
 

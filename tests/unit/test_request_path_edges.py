@@ -61,9 +61,9 @@ def test_a_forked_child_gets_fresh_pools_and_host_state() -> None:
     # What the at-fork hook runs in the child (a real fork is in tests/integration/test_fork.py).
     session = ChatSession(BASE, KEY)
     adapter = session.adapter
-    pools, hosts = adapter.poolmanager, adapter.hosts
-    session_module._after_fork_in_child()
-    assert adapter.poolmanager is not pools and adapter.hosts is not hosts
+    pools, registry = adapter.poolmanager, adapter.hosts._hosts
+    session_module._reset_after_fork(session)  # what chatsdk._fork runs for it in the child
+    assert adapter.poolmanager is not pools and adapter.hosts._hosts is not registry
     assert adapter.proxy_manager == {}
 
 

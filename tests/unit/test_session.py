@@ -6,6 +6,7 @@ import pytest
 import responses
 
 from chatsdk import ChatSession, ConfigurationError, ResilientAdapter
+from chatsdk._http.retry import DEFAULT_RETRY_POLICY
 from chatsdk._http.session import DEFAULT_TIMEOUT, normalize_base_url
 
 KEY = "sk-secret-key-123"
@@ -74,7 +75,10 @@ def test_an_explicit_timeout_and_headers_are_respected() -> None:
 
 def test_defaults_and_mounts() -> None:
     with ChatSession("http://chat.test") as session:
-        assert session.timeout == DEFAULT_TIMEOUT == (3.05, 30.0)
+        assert session.timeout == DEFAULT_TIMEOUT == (3.05, 10.0)
+        # Web workers: gunicorn kills a worker after 30 s; a read and a whole operation
+        # (retries included) end before that by default.
+        assert DEFAULT_TIMEOUT[1] < 30 and DEFAULT_RETRY_POLICY.deadline == 20.0
         assert isinstance(session.get_adapter("http://x"), ResilientAdapter)
         assert isinstance(session.get_adapter("https://x"), ResilientAdapter)
         assert session.get_adapter("http://x").max_retries.total == 0

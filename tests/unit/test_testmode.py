@@ -182,7 +182,7 @@ def test_inline_flush_stops_at_a_rejected_key(tmp_path: Path) -> None:
         ChatClient(memory.url, "bad", transport=memory, outbox=tmp_path / "o.db") as chat,
     ):
         chat.queue_message("c", "hello")
-        assert chat.flush() is False  # draining stopped by the 401; the entry stays
+        assert chat.flush().pending == 1  # draining stopped by the 401; the entry stays
         assert chat.outbox is not None and chat.outbox.pending_count() == 1
         assert len(memory.attempts) == 1
 
@@ -197,5 +197,5 @@ def test_inline_flush_keeps_a_retry_after_the_server_asked_for(tmp_path: Path) -
     ):
         chat.queue_message("c", "hello")
         memory.fail_next(5, status=429, retry_after=600)
-        assert chat.flush() is False  # due in 600 s of wall-clock time: not now
+        assert chat.flush().pending == 1  # due in 600 s of wall-clock time: not now
         assert memory.sent == []

@@ -298,10 +298,11 @@ def test_deadline_clips_each_attempt_timeout(sleep, clock) -> None:
 @responses.activate
 def test_no_deadline_passes_the_timeout_through(sleep, clock) -> None:
     responses.add(responses.GET, f"{BASE}/api/health", json={"status": "ok"})
-    with ChatSession(BASE, KEY, sleep=sleep, clock=clock) as session:
+    no_deadline = RetryPolicy(deadline=None)
+    with ChatSession(BASE, KEY, sleep=sleep, clock=clock, retry=no_deadline) as session:
         session.get("/api/health")
         session.get("/api/health", timeout=7)
-    assert [c.request.req_kwargs["timeout"] for c in responses.calls] == [(3.05, 30.0), 7]
+    assert [c.request.req_kwargs["timeout"] for c in responses.calls] == [(3.05, 10.0), 7]
 
 
 @responses.activate

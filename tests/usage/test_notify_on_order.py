@@ -105,9 +105,9 @@ def test_an_outage_with_the_outbox(
     with chatsdk_transport.outage():
         assert notify_on_order(chat_with_outbox, ORDER) == "queued"
         assert notify_on_order(chat_with_outbox, Order(43, "Bob", 500)) == "queued"
-        assert chat_with_outbox.flush() is False  # still down: nothing can be delivered
+        assert not chat_with_outbox.flush()  # still down: nothing can be delivered
         assert chatsdk_sent == []
-    assert chat_with_outbox.flush() is True  # back: delivered in this thread, in order
+    assert chat_with_outbox.flush()  # back: delivered in this thread, in order
     assert [s.text for s in chatsdk_sent] == [order_text(ORDER), order_text(Order(43, "Bob", 500))]
     assert chatsdk_sent[0].idempotency_key == KEY
     outbox = chat_with_outbox.outbox
