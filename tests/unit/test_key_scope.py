@@ -80,9 +80,10 @@ def test_a_scope_is_not_seen_by_threads_it_did_not_start_in() -> None:
 
 def test_every_create_of_any_client_in_a_scope_gets_its_positions_key() -> None:
     transport = InMemoryTransport()
-    with set_testing(True), ChatClient(
-        transport.url, "k", transport=transport, outbox=None
-    ) as chat:
+    with (
+        set_testing(True),
+        ChatClient(transport.url, "k", transport=transport, outbox=None) as chat,
+    ):
         with key_scope("run", 7):
             chat.send_message("c1", "one")
             message = chat.send_message("c1", "one")  # a second create, not a double tap
@@ -100,9 +101,10 @@ def test_every_create_of_any_client_in_a_scope_gets_its_positions_key() -> None:
 
 def test_an_explicit_key_wins_and_takes_no_position(tmp_path) -> None:
     transport = InMemoryTransport()
-    with set_testing(True), ChatClient(
-        transport.url, "k", transport=transport, outbox=tmp_path / "o.db"
-    ) as chat:
+    with (
+        set_testing(True),
+        ChatClient(transport.url, "k", transport=transport, outbox=tmp_path / "o.db") as chat,
+    ):
         with key_scope("run", 8):
             chat.send_message("c1", "explicit", idempotency_key="mine-1")
             entry = chat.queue_message("c1", "queued")
