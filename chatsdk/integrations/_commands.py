@@ -13,7 +13,8 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from chatsdk._client import ChatClient
@@ -26,6 +27,8 @@ __all__ = ["drain", "entries", "purge", "retry", "status"]
 log = logging.getLogger(__name__)
 
 Write = Callable[[str], None]
+#: Opens the settings' outbox (no drainer), or None when no outbox is configured.
+OpenOutbox = Callable[[], "Outbox | None"]
 _SLICE = 0.1  # seconds between two looks at the outbox while draining --once
 _WORKER_TICK = 1.0  # seconds between two looks at the stop flag while draining as a worker
 
@@ -37,8 +40,13 @@ def _outbox_of(client: ChatClient, err: Write) -> Outbox | None:
     return outbox
 
 
-def _busy(outbox: Outbox, now: float) -> bool:
-    """Whether a channel head is due now, or this process has a delivery in flight."""
+def _busy(client: ChatClient, outbox: Outbox, now: float) -> bool:
+    """Whether a channel head is due now, or this process has a delivery in flight.
+
+    While an open circuit pauses the drainer, due heads wait as in a backoff.
+    """
+    drainer = client._drainer
+    paused = drainer is not None and drainer.paused_for > 0
     heads: dict[str, Any] = {}
     for entry in outbox.entries("sending") + outbox.entries("queued"):
         if entry.status == "sending" and entry.lease_owner == outbox.owner:
@@ -46,7 +54,9 @@ def _busy(outbox: Outbox, now: float) -> bool:
         head = heads.get(entry.operation.channel)
         if head is None or entry.id < head.id:
             heads[entry.operation.channel] = entry
-    return any(h.status == "queued" and h.next_attempt_at <= now for h in heads.values())
+    return not paused and any(
+        h.status == "queued" and h.next_attempt_at <= now for h in heads.values()
+    )
 
 
 def drain(
@@ -75,7 +85,7 @@ def drain(
         deadline = None if timeout is None else time.monotonic() + timeout
         while client.outbox_auth_error is None:
             client.flush(_SLICE)  # waits a slice (test mode: delivers inline)
-            if not _busy(outbox, time.time()):
+            if not _busy(client, outbox, time.time()):
                 break
             if deadline is not None and time.monotonic() >= deadline:
                 break
@@ -129,6 +139,18 @@ def _report(
     return OK
 
 
+@contextmanager
+def _opened(open_outbox: OpenOutbox, err: Write) -> Iterator[Outbox | None]:
+    """The settings' outbox, opened without a drainer (inspecting it sends nothing)."""
+    outbox = open_outbox()
+    if outbox is None:
+        err("no outbox is configured: set the OUTBOX setting (a file, a URL or 'database')")
+        yield None
+        return
+    with outbox:
+        yield outbox
+
+
 def _counts(stats: OutboxStats) -> dict[str, Any]:
     counts: dict[str, Any] = {s: getattr(stats, s) for s in STATUSES}
     counts["oldest_pending_age"] = stats.oldest_pending_age
@@ -136,7 +158,7 @@ def _counts(stats: OutboxStats) -> dict[str, Any]:
 
 
 def status(
-    get_client: Callable[[], ChatClient],
+    open_outbox: OpenOutbox,
     *,
     max_age: float | None = None,
     as_json: bool = False,
@@ -144,10 +166,10 @@ def status(
     err: Write,
 ) -> int:
     """Counts per status; 65 on dead letters, 75 when the oldest pending is past ``max_age``."""
-    outbox = _outbox_of(get_client(), err)
-    if outbox is None:
-        return CONFIG
-    stats = outbox.stats()
+    with _opened(open_outbox, err) as outbox:
+        if outbox is None:
+            return CONFIG
+        stats = outbox.stats()
     if as_json:
         out(json.dumps(_counts(stats)))
     else:
@@ -167,7 +189,7 @@ def status(
 
 
 def entries(
-    get_client: Callable[[], ChatClient],
+    open_outbox: OpenOutbox,
     *,
     status_: str | None,
     limit: int | None,
@@ -175,11 +197,12 @@ def entries(
     err: Write,
 ) -> int:
     """List entries, oldest first (never their bodies)."""
-    outbox = _outbox_of(get_client(), err)
-    if outbox is None:
-        return CONFIG
+    with _opened(open_outbox, err) as outbox:
+        if outbox is None:
+            return CONFIG
+        listed = outbox.entries(status_, limit=limit)
     out(f"{'ID':>6}  {'STATUS':8} {'TRIES':>5}  {'KIND':8} {'CHANNEL':20} KEY / LAST ERROR")
-    for entry in outbox.entries(status_, limit=limit):
+    for entry in listed:
         flag = " (possibly delivered)" if entry.possibly_delivered else ""
         error = f"  {entry.last_error}{flag}" if entry.last_error else ""
         out(
@@ -189,26 +212,24 @@ def entries(
     return OK
 
 
-def retry(get_client: Callable[[], ChatClient], entry_id: int, *, out: Write, err: Write) -> int:
+def retry(open_outbox: OpenOutbox, entry_id: int, *, out: Write, err: Write) -> int:
     """Re-queue a failed or expired entry; 65 when it does not exist or cannot be."""
-    outbox = _outbox_of(get_client(), err)
-    if outbox is None:
-        return CONFIG
-    try:
-        entry = outbox.retry(entry_id)
-    except OutboxError as exc:
-        err(str(exc))
-        return DATAERR
+    with _opened(open_outbox, err) as outbox:
+        if outbox is None:
+            return CONFIG
+        try:
+            entry = outbox.retry(entry_id)
+        except OutboxError as exc:
+            err(str(exc))
+            return DATAERR
     out(f"entry {entry.id} queued again (key {entry.idempotency_key})")
     return OK
 
 
-def purge(
-    get_client: Callable[[], ChatClient], statuses: tuple[str, ...], *, out: Write, err: Write
-) -> int:
+def purge(open_outbox: OpenOutbox, statuses: tuple[str, ...], *, out: Write, err: Write) -> int:
     """Delete finished entries of the given statuses."""
-    outbox = _outbox_of(get_client(), err)
-    if outbox is None:
-        return CONFIG
-    out(f"purged {outbox.purge(statuses)} entries")
+    with _opened(open_outbox, err) as outbox:
+        if outbox is None:
+            return CONFIG
+        out(f"purged {outbox.purge(statuses)} entries")
     return OK

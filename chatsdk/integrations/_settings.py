@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -21,7 +21,10 @@ from chatsdk._http.idempotency import set_default_namespace
 from chatsdk._http.retry import RetryPolicy
 from chatsdk._resilience.breaker import BreakerPolicy
 
-__all__ = ["NAMES", "Lookup", "Settings", "build_client", "resolve"]
+if TYPE_CHECKING:
+    from chatsdk.testing import SentLog
+
+__all__ = ["NAMES", "Lookup", "Settings", "build_client", "resolve", "sent_of"]
 
 #: A lookup of one setting by its name (``"URL"``); returns ``MISSING`` when not set.
 Lookup = Callable[[str], Any]
@@ -158,3 +161,19 @@ def build_client(settings: Settings, **overrides: Any) -> ChatClient:
     if not options["api_key"]:
         raise ConfigurationError(f"no API key: set {settings.hint('API_KEY')}")
     return ChatClient(**options)
+
+
+def sent_of(client: ChatClient, settings: Settings) -> SentLog:
+    """The ``sent`` log of a client built with ``TRANSPORT = "memory"``.
+
+    Raises:
+        ConfigurationError: the client does not use the in-memory transport.
+    """
+    from chatsdk.testing import InMemoryTransport  # noqa: PLC0415 - tests only
+
+    transport = client.session.adapter.transport
+    if not isinstance(transport, InMemoryTransport):
+        raise ConfigurationError(
+            f"sent needs the in-memory transport: set {settings.hint('TRANSPORT')} to 'memory'"
+        )
+    return transport.sent

@@ -30,6 +30,7 @@ operate the app's outbox.
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import click
 from flask import Flask, current_app
@@ -37,9 +38,13 @@ from flask.cli import AppGroup
 
 from chatsdk._client import ChatClient
 from chatsdk._errors import ConfigurationError
+from chatsdk._outbox.outbox import Outbox
 from chatsdk.integrations import _commands
 from chatsdk.integrations._holder import ClientHolder
-from chatsdk.integrations._settings import MISSING, Settings, build_client, resolve
+from chatsdk.integrations._settings import MISSING, Settings, build_client, resolve, sent_of
+
+if TYPE_CHECKING:
+    from chatsdk.testing import SentLog
 
 __all__ = ["ChatSDK", "ChatSDKState"]
 
@@ -70,6 +75,16 @@ class ChatSDKState:
     def client(self) -> ChatClient:
         """The app's client in this process (built on first use)."""
         return self._holder.get()
+
+    def open_outbox(self) -> Outbox | None:
+        """The app's outbox opened for inspection (no drainer), or None when none is set."""
+        target = self.settings["OUTBOX"]
+        return None if not target else Outbox(target)
+
+    @property
+    def sent(self) -> SentLog:
+        """What the app created, with ``CHATSDK_TRANSPORT = "memory"`` (tests)."""
+        return sent_of(self.client, self.settings)
 
     def close(self) -> None:
         """Close the app's client in this process (a flush bounded by ``CLOSE_TIMEOUT``)."""
@@ -112,6 +127,11 @@ class ChatSDK:
         """The current app's ChatClient (needs an app context)."""
         return self.state().client
 
+    @property
+    def sent(self) -> SentLog:
+        """The current app's created messages and reactions, in tests: see ``CHATSDK_TRANSPORT``."""
+        return self.state().sent
+
 
 _cli = AppGroup("chatsdk", help="Operate the app's chatsdk outbox.")
 
@@ -135,7 +155,7 @@ def _status(max_age: float | None, as_json: bool) -> None:
     """Entries per status; exits 65 on dead letters, 75 past --max-age."""
     state = ChatSDK.state()
     code = _commands.status(
-        lambda: state.client, max_age=max_age, as_json=as_json, out=click.echo, err=_echo_err
+        state.open_outbox, max_age=max_age, as_json=as_json, out=click.echo, err=_echo_err
     )
     sys.exit(code)
 
