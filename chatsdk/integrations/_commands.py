@@ -61,6 +61,7 @@ def _busy(client: ChatClient, outbox: Outbox, now: float) -> bool:
 
 def drain(
     get_client: Callable[[], ChatClient],
+    open_outbox: OpenOutbox,
     *,
     once: bool,
     timeout: float | None = None,
@@ -76,11 +77,14 @@ def drain(
     Without: run as a worker until SIGTERM/SIGINT (or ``stop`` is set), then close the
     client (a flush bounded by its ``close_timeout``) and return as ``once`` does.
     """
+    with _opened(open_outbox, err) as snapshot:  # before the client's drainer starts sending
+        if snapshot is None:
+            return CONFIG
+        before = snapshot.stats()
     client = get_client()
     outbox = _outbox_of(client, err)
     if outbox is None:
         return CONFIG
-    before = outbox.stats()
     if once:
         deadline = None if timeout is None else time.monotonic() + timeout
         while client.outbox_auth_error is None:

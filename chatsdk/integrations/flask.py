@@ -143,7 +143,12 @@ def _drain(once: bool, timeout: float | None) -> None:
     """Deliver the outbox: a worker until SIGTERM, or --once."""
     state = ChatSDK.state()
     code = _commands.drain(
-        lambda: state.client, once=once, timeout=timeout, out=click.echo, err=_echo_err
+        lambda: state.client,
+        state.open_outbox,
+        once=once,
+        timeout=timeout,
+        out=click.echo,
+        err=_echo_err,
     )
     sys.exit(code)
 

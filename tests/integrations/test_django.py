@@ -51,7 +51,7 @@ def test_the_chatsdk_dict_wins_then_chatsdk_name_settings_then_the_environment(
 
 def test_unknown_keys_are_refused_with_the_known_ones(settings) -> None:
     settings.CHATSDK = {"URL": "http://x.invalid", "APIKEY": "k"}
-    with pytest.raises(ConfigurationError, match="APIKEY.*known: API_KEY"):
+    with pytest.raises(ConfigurationError, match=r"APIKEY.*known: API_KEY"):
         get_client()
 
 

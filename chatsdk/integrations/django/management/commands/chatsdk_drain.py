@@ -15,6 +15,7 @@ from django.core.management.base import BaseCommand, CommandParser
 
 from chatsdk.integrations import _commands
 from chatsdk.integrations.django import get_client
+from chatsdk.integrations.django._outbox import open_outbox
 
 
 class Command(BaseCommand):
@@ -30,6 +31,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         code = _commands.drain(
             get_client,
+            open_outbox,
             once=options["once"],
             timeout=options["timeout"],
             out=self.stdout.write,
