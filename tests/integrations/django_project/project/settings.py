@@ -44,6 +44,7 @@ DATABASES = {
     "default": {
         "ENGINE": "django.db.backends.sqlite3",
         "NAME": os.environ.get("DJANGO_TEST_DB", str(BASE_DIR / "db.sqlite3")),
+        "OPTIONS": {"timeout": 30},
     }
 }
 # The chatsdk settings under test: $DJANGO_CHATSDK (JSON) for subprocess runs, else the
