@@ -22,7 +22,7 @@ from chatsdk._errors import (
     excerpt,
 )
 from chatsdk._http.adapter import Transport, attempts_of
-from chatsdk._http.idempotency import Deduplicator, new_idempotency_key
+from chatsdk._http.idempotency import Deduplicator, derived_key, new_idempotency_key
 from chatsdk._http.retry import RetryPolicy, error_for_response
 from chatsdk._http.session import ChatSession
 from chatsdk._models import Attachment, Message, Reaction
@@ -298,7 +298,8 @@ class ChatClient:
             text: 1..4000 characters after stripping.
             attachments: at most 10 :class:`Attachment` (or mappings with type, url, name).
             parent_id: the message this one replies to.
-            idempotency_key: your own key for this intent (default: a new UUID4).
+            idempotency_key: your own key for this intent (default: the next key of the
+                active key scope, e.g. inside a Celery task, else a new UUID4).
 
         Returns:
             The created :class:`Message` (``replayed`` when the server answered from an
@@ -310,7 +311,7 @@ class ChatClient:
             TransportError: no response could be had, after retries.
         """
         body = message_body(channel_id, text, attachments, parent_id)
-        key = None if idempotency_key is None else check_idempotency_key(idempotency_key)
+        key = self._explicit_or_derived(idempotency_key)
         return self._dedup.run("message", body, key, lambda k: self._create(body, k, Message))
 
     def edit_message(self, message_id: str, text: str) -> Message:
@@ -349,7 +350,7 @@ class ChatClient:
     ) -> Reaction:
         """Add a reaction; adding the same one again returns the existing Reaction."""
         body = reaction_body(message_id, reaction)
-        key = None if idempotency_key is None else check_idempotency_key(idempotency_key)
+        key = self._explicit_or_derived(idempotency_key)
         return self._dedup.run("reaction", body, key, lambda k: self._create(body, k, Reaction))
 
     def remove_reaction(self, message_id: str, reaction: str) -> None:
@@ -417,9 +418,18 @@ class ChatClient:
 
     @staticmethod
     def _key(idempotency_key: str | None) -> str:
-        if idempotency_key is None:
-            return new_idempotency_key()
-        return check_idempotency_key(idempotency_key)
+        """The key of a queued create: the caller's, the active key scope's, or a new one."""
+        return ChatClient._explicit_or_derived(idempotency_key) or new_idempotency_key()
+
+    @staticmethod
+    def _explicit_or_derived(idempotency_key: str | None) -> str | None:
+        """The caller's key (checked), else the active key scope's (e.g. a Celery task's).
+
+        None outside a scope: the multi-tap window then picks the key.
+        """
+        if idempotency_key is not None:
+            return check_idempotency_key(idempotency_key)
+        return derived_key()
 
     def _request(
         self,

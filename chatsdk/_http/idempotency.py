@@ -12,13 +12,17 @@ Two layers keep a create from happening twice:
 from __future__ import annotations
 
 import collections
+import contextvars
 import hashlib
+import itertools
 import json
 import logging
+import os
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, Protocol, TypeVar
 
 import attrs
@@ -26,7 +30,19 @@ import attrs
 from chatsdk import _fork
 from chatsdk._errors import ConfigurationError, IdempotencyKeyReusedError
 
-__all__ = ["Deduplicator", "idempotency_key_for", "new_idempotency_key"]
+__all__ = [
+    "NAMESPACE_ENV",
+    "Deduplicator",
+    "KeyScope",
+    "default_namespace",
+    "derived_key",
+    "idempotency_key_for",
+    "enter_scope",
+    "exit_scope",
+    "key_scope",
+    "new_idempotency_key",
+    "set_default_namespace",
+]
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +58,39 @@ class _Replayable(Protocol):
 R = TypeVar("R", bound=_Replayable)
 
 
+#: The environment variable naming the default namespace of :func:`idempotency_key_for`.
+NAMESPACE_ENV = "CHATSDK_KEY_NAMESPACE"
+
+_default_namespace: str | None = None
+
+
 def new_idempotency_key() -> str:
     """A fresh random key (UUID4) for one logical operation."""
     return str(uuid.uuid4())
 
 
-def idempotency_key_for(*parts: object) -> str:
+def set_default_namespace(namespace: str | None) -> None:
+    """Set the process's default namespace of :func:`idempotency_key_for` (None: unset).
+
+    The framework integrations call this with their ``KEY_NAMESPACE`` setting.
+
+    Raises:
+        ValueError: ``namespace`` is not a non-empty string or None.
+    """
+    global _default_namespace  # noqa: PLW0603 - one process-wide setting
+    if namespace is not None and (not isinstance(namespace, str) or not namespace):
+        raise ValueError(f"a key namespace must be a non-empty string, got {namespace!r}")
+    _default_namespace = namespace
+
+
+def default_namespace() -> str | None:
+    """The namespace used when none is passed: the one set, else ``$CHATSDK_KEY_NAMESPACE``."""
+    if _default_namespace is not None:
+        return _default_namespace
+    return os.environ.get(NAMESPACE_ENV) or None
+
+
+def idempotency_key_for(*parts: object, namespace: str | None = None) -> str:
     """A stable key derived from your own identifiers, e.g. ``("order-shipped", order_id)``.
 
     The same parts always give the same key, in any process, on any day, so a job that runs
@@ -55,17 +98,84 @@ def idempotency_key_for(*parts: object) -> str:
     server remembers the key (24 h). Parts are told apart by type and position: ``("a", 1)``,
     ``("a", "1")`` and ``("a1",)`` give three different keys.
 
+    Args:
+        *parts: your identifiers (strings, numbers, or anything with a stable ``str()``).
+        namespace: keeps keys of different environments or apps apart (``"prod"``,
+            ``"shop-staging"``), so that the same database ids in two of them (or after ids
+            restart) do not collide. Default: the integration's ``KEY_NAMESPACE`` setting,
+            else ``$CHATSDK_KEY_NAMESPACE``, else none (the keys of earlier versions).
+
     Raises:
-        ValueError: no parts were given.
+        ValueError: no parts were given, or ``namespace`` is an empty string.
     """
     if not parts:
         raise ValueError("idempotency_key_for needs at least one part")
-    canonical = json.dumps(
-        [[type(p).__name__, p if isinstance(p, (str, int, float)) else str(p)] for p in parts],
-        separators=(",", ":"),
-        ensure_ascii=False,
-    )
+    if namespace is not None and (not isinstance(namespace, str) or not namespace):
+        raise ValueError(f"namespace must be a non-empty string, got {namespace!r}")
+    ns = namespace if namespace is not None else default_namespace()
+    items: list[Any] = [
+        [type(p).__name__, p if isinstance(p, (str, int, float)) else str(p)] for p in parts
+    ]
+    if ns is not None:
+        # A leading element no part can produce (parts are pairs), so no clash with the
+        # keys of namespace-less calls.
+        items.insert(0, ["namespace", ns, None])
+    canonical = json.dumps(items, separators=(",", ":"), ensure_ascii=False)
     return f"chatsdk-{uuid.uuid5(_NAMESPACE, canonical)}"
+
+
+class KeyScope:
+    """Keys for the creates of one run of a unit of work (e.g. a Celery task run).
+
+    The n-th create without an explicit key inside the scope gets
+    ``idempotency_key_for(*parts, n)``: a redelivered or retried run that makes the same
+    creates in the same order posts each of them once. Thread-safe.
+    """
+
+    def __init__(self, *parts: object) -> None:
+        if not parts:
+            raise ValueError("a KeyScope needs at least one part")
+        self.parts = parts
+        self._positions = itertools.count()
+        self._lock = threading.Lock()
+
+    def next_key(self) -> str:
+        """The key of the next create in this run."""
+        with self._lock:
+            position = next(self._positions)
+        return idempotency_key_for("chatsdk.key-scope", *self.parts, position)
+
+
+_scope: contextvars.ContextVar[KeyScope | None] = contextvars.ContextVar(
+    "chatsdk_key_scope", default=None
+)
+
+
+def derived_key() -> str | None:
+    """The next key of the active :class:`KeyScope`, or None outside any scope."""
+    scope = _scope.get()
+    return None if scope is None else scope.next_key()
+
+
+def enter_scope(scope: KeyScope | None) -> contextvars.Token[KeyScope | None]:
+    """Make ``scope`` the active one in this context; pass the token to :func:`exit_scope`."""
+    return _scope.set(scope)
+
+
+def exit_scope(token: contextvars.Token[KeyScope | None]) -> None:
+    """Restore the scope that was active before :func:`enter_scope`."""
+    _scope.reset(token)
+
+
+@contextmanager
+def key_scope(*parts: object) -> Iterator[KeyScope]:
+    """Within the block, creates without an explicit key get keys derived from ``parts``."""
+    scope = KeyScope(*parts)
+    token = enter_scope(scope)
+    try:
+        yield scope
+    finally:
+        exit_scope(token)
 
 
 def fingerprint(kind: str, body: dict[str, Any]) -> str:

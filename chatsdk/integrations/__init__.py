@@ -1,0 +1,7 @@
+"""Framework integrations: ``chatsdk.integrations.django``, ``.flask``, ``.celery``.
+
+Each is enabled explicitly and imports its framework only itself (install the extra of the
+same name, e.g. ``pip install "chatsdk[django]"``). They share the settings resolver in
+:mod:`chatsdk.integrations._settings` and the per-process client holder in
+:mod:`chatsdk.integrations._holder`.
+"""
