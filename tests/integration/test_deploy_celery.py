@@ -13,10 +13,7 @@ Redis: ``$CHATSDK_TEST_REDIS_URL``, or a redis-server started on a free port.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import socket
-import subprocess
 import textwrap
 from collections import Counter
 from collections.abc import Iterator
@@ -25,8 +22,7 @@ from pathlib import Path
 import pytest
 
 from chatsdk.testing import ReferenceServer
-from tests.helpers import require, wait_until
-from tests.integration.deploy import Process, child_env, python, require_module, until
+from tests.processes import Process, child_env, python, redis_server, require_module, until
 
 pytestmark = [
     pytest.mark.skipif(not hasattr(os, "fork"), reason="Celery prefork needs fork (POSIX)"),
@@ -70,43 +66,10 @@ TASKS_MODULE = textwrap.dedent(
 )
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def redis_url(tmp_path: Path) -> Iterator[str]:
-    url = os.environ.get("CHATSDK_TEST_REDIS_URL")
-    if url:
+    with redis_server(tmp_path) as url:
         yield url
-        return
-    binary = shutil.which("redis-server")
-    require(binary is not None, "redis-server is not installed (set CHATSDK_TEST_REDIS_URL)")
-    assert binary is not None
-    port = free_port()
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-    def answers() -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
-
-    try:
-        assert wait_until(answers, 30), "redis-server did not start"
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        proc.wait(30)
 
 
 def test_celery_prefork_child_sigkilled_mid_task_every_message_once(

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from chatsdk.testing import ReferenceServer
-from tests.integration.deploy import child_env
+from tests.processes import child_env
 
 KEY = "test-key"
 

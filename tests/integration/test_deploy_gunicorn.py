@@ -22,7 +22,7 @@ import pytest
 
 from chatsdk import Outbox
 from chatsdk.testing import ReferenceServer
-from tests.integration.deploy import Process, child_env, python, require_module, until
+from tests.processes import Process, child_env, python, require_module, until
 
 pytestmark = [
     pytest.mark.skipif(not hasattr(os, "fork"), reason="gunicorn needs fork (POSIX)"),

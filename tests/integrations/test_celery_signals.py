@@ -6,7 +6,7 @@ import pytest
 
 from chatsdk import ChatClient, ConfigurationError
 from chatsdk._http.idempotency import derived_key, set_default_namespace
-from tests.integrations._procs import require_module
+from tests.processes import require_module
 
 require_module("celery")
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from chatsdk.testing import ReferenceServer
-from tests.integrations._procs import (
+from tests.processes import (
     Process,
     child_env,
     python,

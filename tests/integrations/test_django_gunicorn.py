@@ -21,7 +21,7 @@ import pytest
 import requests
 
 from chatsdk.testing import ReferenceServer
-from tests.integrations._procs import Process, child_env, free_port, python, require_module, until
+from tests.processes import Process, child_env, free_port, python, require_module, until
 
 pytestmark = [
     pytest.mark.skipif(not hasattr(os, "fork"), reason="gunicorn needs fork (POSIX)"),

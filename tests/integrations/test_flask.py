@@ -12,7 +12,7 @@ import pytest
 
 from chatsdk import ConfigurationError, Outbox
 from chatsdk.testing import set_testing
-from tests.integrations._procs import child_env, python, require_module
+from tests.processes import child_env, python, require_module
 
 require_module("flask")
 

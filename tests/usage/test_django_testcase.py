@@ -11,7 +11,7 @@ import tempfile
 
 import pytest
 
-from tests.integrations._procs import require_module
+from tests.processes import require_module
 
 require_module("django")
 

@@ -1,26 +1,23 @@
-"""What the deployment tests share: real processes started, watched and stopped."""
+"""Real processes for the deployment and framework tests: started, watched, stopped;
+a redis-server of the test's own."""
 
 from __future__ import annotations
 
 import importlib.util
 import os
 import re
+import shutil
+import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from tests.helpers import require, wait_until
 
-
-def child_env(**extra: str) -> dict[str, str]:
-    """The environment for a server process: no pytest-cov subprocess hooks (processes
-    that end with os._exit would share and corrupt a coverage file), the test's modules
-    importable."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COV_CORE_")}
-    env.update(extra)
-    return env
+REDIS_URL_ENV = "CHATSDK_TEST_REDIS_URL"
 
 
 def require_module(name: str) -> None:
@@ -30,17 +27,22 @@ def require_module(name: str) -> None:
     )
 
 
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment of a child process: no pytest-cov hooks (processes that end with
+    ``os._exit`` would corrupt a shared coverage file), the repository importable."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COV_CORE_")}
+    root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (extra.pop("PYTHONPATH", ""), root) if p)
+    env.update(extra)
+    return env
+
+
 class Process:
     """A process whose combined output is collected line by line as it runs."""
 
     def __init__(self, args: list[str], *, cwd: Path, env: dict[str, str]) -> None:
         self.proc = subprocess.Popen(
-            args,
-            cwd=cwd,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
+            args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -100,3 +102,43 @@ def python(*args: str) -> list[str]:
 
 def until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     assert wait_until(predicate, timeout), f"timed out waiting for {what}"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def redis_server(tmp_path: Path) -> Iterator[str]:
+    """``$CHATSDK_TEST_REDIS_URL``, or a redis-server of the test's own on a free port."""
+    url = os.environ.get(REDIS_URL_ENV)
+    if url:
+        yield url
+        return
+    binary = shutil.which("redis-server")
+    require(binary is not None, f"redis-server is not installed (or set ${REDIS_URL_ENV})")
+    assert binary is not None
+    port = free_port()
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def answers() -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    try:
+        assert wait_until(answers, 30), "redis-server did not start"
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(30)
