@@ -372,6 +372,8 @@ class RealtimeClient(SocketLoop):
                 conn.subscribe(sub)
             else:
                 sub.connection_lost()  # waits for the next connect
+        if conn is not None:
+            conn.flush()
         return sub
 
     def subscribe_channel(
@@ -438,6 +440,8 @@ class RealtimeClient(SocketLoop):
             conn = self._conn
             if conn is not None and conn.usable and was is not SubscriptionState.UNSUBSCRIBED:
                 conn.unsubscribe(sub.channel)
+        if conn is not None:
+            conn.flush()
 
 
 def _token_body(body: Mapping[str, Any]) -> tuple[str, str]:

@@ -10,6 +10,7 @@ for the socket thread to act on. Everything runs under the client's lock.
 
 from __future__ import annotations
 
+import collections
 import logging
 import random
 import threading
@@ -110,6 +111,10 @@ class Connection:
         connected_at: when the connect reply arrived (``None`` before).
         live: False once the client moved on; an old connection's events are ignored.
         ending: set when the connection must be closed; the socket thread closes it.
+
+    Frames are never written to the socket under the client's lock (a slow or stalled peer
+    would block every thread that needs the lock): commands queue them, and whoever released
+    the lock calls :meth:`flush` to send what is queued, in order.
     """
 
     def __init__(self, context: ClientContext, ws: WebSocketLike) -> None:
@@ -129,6 +134,8 @@ class Connection:
         self._refreshing = False
         self._refresh_failures = 0
         self._timers: list[tuple[float, Callable[[], None]]] = []
+        self._outgoing: collections.deque[str] = collections.deque()
+        self._send_lock = threading.Lock()
 
     @property
     def usable(self) -> bool:
@@ -168,10 +175,17 @@ class Connection:
             self._send_raw(frame)
 
     def _send_raw(self, frame: str) -> None:
-        try:
-            self.ws.send(frame)
-        except Exception as exc:  # the reader sees the broken socket and reconnects
-            log.debug("realtime send failed: %r", exc)
+        self._outgoing.append(frame)
+
+    def flush(self) -> None:
+        """Send the queued frames, in order; call it without holding the client's lock."""
+        with self._send_lock:
+            while self._outgoing:
+                frame = self._outgoing.popleft()
+                try:
+                    self.ws.send(frame)
+                except Exception as exc:  # the reader sees the broken socket and reconnects
+                    log.debug("realtime send failed: %r", exc)
 
     # -- deadlines -------------------------------------------------------------------
 
@@ -400,6 +414,7 @@ class Connection:
             with self.context.lock:
                 if self.usable:
                     self._send_raw(encode(self._command("refresh", {"token": token})))
+            self.flush()
 
         self.context.spawn(refresh)
 

@@ -178,6 +178,7 @@ class SocketLoop:
             conn = Connection(self._context, ws)
             self._conn = conn
             conn.send_connect(token, "chatsdk", __version__)
+        conn.flush()
         try:
             outcome = self._read(conn, ws, permit)
         finally:
@@ -208,6 +209,7 @@ class SocketLoop:
                         permit_settled = True
                         if permit is not None:
                             permit.success()
+            conn.flush()  # what the deadlines queued (subscribe retries, refreshes)
             if ending is not None:
                 close_socket(ws, 1000, ending.reason)
                 return ending
@@ -228,6 +230,7 @@ class SocketLoop:
                 return Outcome(code=code, reason=reason, final=is_final_close_code(code))
             if opcode in (websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY):
                 conn.handle_frame(frame.data)
+                conn.flush()  # pongs and replies, sent after the lock is released
             else:
                 with self._lock:
                     conn.last_recv = self._clock()  # a WebSocket-level ping is life too

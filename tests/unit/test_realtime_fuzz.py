@@ -26,6 +26,12 @@ class RecordingWS:
         self.sent.append(payload)
 
 
+def feed(conn: Connection, payload: str | bytes) -> None:
+    """What the socket thread does with a received frame: handle it, then send the answers."""
+    conn.handle_frame(payload)
+    conn.flush()
+
+
 def connected() -> tuple[Connection, RecordingWS, Subscription, Subscription]:
     """A connection with chat:1 subscribed at (5, "e") and chat:2's subscribe (id 3) pending."""
     ws = RecordingWS()
@@ -50,11 +56,13 @@ def connected() -> tuple[Connection, RecordingWS, Subscription, Subscription]:
     subs["chat:1"] = one
     conn = Connection(session, ws)
     conn.send_connect("t", "chatsdk", "0")
-    conn.handle_frame('{"id":1,"connect":{"client":"c","ping":25,"pong":true}}')
-    conn.handle_frame('{"id":2,"subscribe":{"recoverable":true,"epoch":"e","offset":5}}')
+    conn.flush()
+    feed(conn, '{"id":1,"connect":{"client":"c","ping":25,"pong":true}}')
+    feed(conn, '{"id":2,"subscribe":{"recoverable":true,"epoch":"e","offset":5}}')
     two = Subscription("chat:2", lambda pub: None)
     subs["chat:2"] = two
     conn.subscribe(two)
+    conn.flush()
     assert one.state is SubscriptionState.SUBSCRIBED and one.stream == StreamPosition(5, "e")
     assert two.state is SubscriptionState.SUBSCRIBING
     ws.sent.clear()
@@ -183,7 +191,7 @@ def test_malformed_frames_change_nothing(lines: list[str], as_bytes: bool) -> No
     conn, ws, one, two = connected()
     frame = "\n".join(lines)
     before = conn.context.counters.dropped
-    conn.handle_frame(frame.encode() if as_bytes else frame)
+    feed(conn, frame.encode() if as_bytes else frame)
     assert one.state is SubscriptionState.SUBSCRIBED and one.stream == StreamPosition(5, "e")
     assert one.active and two.active
     assert two.state is SubscriptionState.SUBSCRIBING
@@ -191,7 +199,7 @@ def test_malformed_frames_change_nothing(lines: list[str], as_bytes: bool) -> No
     assert ws.sent == []  # no pong, no resubscribe
     assert conn.context.counters.dropped - before == sum(1 for line in lines if line.strip())
     # the pending subscribe is still answered normally afterwards
-    conn.handle_frame('{"id":3,"subscribe":{"recoverable":true,"epoch":"f","offset":2}}')
+    feed(conn, '{"id":3,"subscribe":{"recoverable":true,"epoch":"f","offset":2}}')
     assert two.state is SubscriptionState.SUBSCRIBED and two.stream == StreamPosition(2, "f")
 
 
@@ -199,7 +207,7 @@ def test_malformed_frames_change_nothing(lines: list[str], as_bytes: bool) -> No
 @given(payload=st.one_of(st.text(), st.binary(), json_values.map(json.dumps)))
 def test_arbitrary_frames_never_raise(payload: str | bytes) -> None:
     conn, ws, one, two = connected()  # noqa: RUF059
-    conn.handle_frame(payload)
+    feed(conn, payload)
     assert all(frame in ("{}",) or frame.startswith('{"id"') for frame in ws.sent)
 
 
@@ -226,7 +234,7 @@ def test_one_pong_per_ping_whatever_the_batching(parts: list[str], split: list[i
     sizes = iter(split * 30)
     while i < len(lines):
         n = next(sizes)
-        conn.handle_frame("\n".join(lines[i : i + n]))
+        feed(conn, "\n".join(lines[i : i + n]))
         i += n
     assert ws.sent == ["{}"] * parts.count("ping")
     assert one.stream == StreamPosition(5, "e")
@@ -235,12 +243,45 @@ def test_one_pong_per_ping_whatever_the_batching(parts: list[str], split: list[i
 def test_no_pong_before_connect_reply() -> None:
     conn, ws, one, two = connected()  # noqa: RUF059
     conn.pong = False
-    conn.handle_frame("{}")
+    feed(conn, "{}")
     assert ws.sent == []
 
 
 def test_events_of_an_older_connection_are_dropped() -> None:
     conn, ws, one, two = connected()  # noqa: RUF059
     conn.live = False
-    conn.handle_frame('{"push":{"channel":"chat:1","pub":{"data":1,"offset":6}}}\n{}')
+    feed(conn, '{"push":{"channel":"chat:1","pub":{"data":1,"offset":6}}}\n{}')
     assert one.stream == StreamPosition(5, "e") and ws.sent == []
+
+
+def test_frames_are_written_without_the_clients_lock() -> None:
+    # Before: a ping's pong and every command were written to the socket under the client's
+    # lock, so a stalled peer blocked every thread that needed it (subscribe, stats, close).
+    conn, ws, _one, _two = connected()
+    lock = conn.context.lock
+    free_while_sending: list[bool] = []
+
+    def send(payload: str) -> None:
+        taken: list[bool] = []
+
+        def take() -> None:
+            got = lock.acquire(timeout=5)
+            taken.append(got)
+            if got:
+                lock.release()
+
+        other = threading.Thread(target=take)
+        other.start()
+        other.join()
+        free_while_sending.append(taken[0])
+        ws.sent.append(payload)
+
+    ws.send = send  # type: ignore[method-assign]
+    conn.handle_frame("{}")  # a ping: answered with a pong
+    with lock:
+        conn.subscribe(Subscription("chat:3", lambda pub: None))
+    assert ws.sent == []  # queued, not written, while the caller may hold the lock
+    conn.flush()
+    assert len(ws.sent) == 2, ws.sent
+    assert ws.sent[0] == "{}" and "chat:3" in ws.sent[1]
+    assert free_while_sending == [True, True]
