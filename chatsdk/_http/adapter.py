@@ -131,7 +131,6 @@ class ResilientAdapter(HTTPAdapter):
         )
         self.proxy_manager = {}
         self.hosts.reset_after_fork()
-        self.hosts.add_listener(self._on_breaker_change)
 
     def _on_breaker_change(
         self, breaker: CircuitBreaker, old: CircuitState, new: CircuitState
