@@ -95,35 +95,49 @@ class ChatSDKMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        done: list[Collector] = []
+        try:
+            self._build(registry, done)
+        except ValueError:  # a name is taken: leave the registry as it was
+            for collector in done:
+                registry.unregister(collector)
+            raise
+
+    def _build(self, registry: CollectorRegistry, done: list[Collector]) -> None:
         self.requests = Counter(
             "chatsdk_requests",
             "HTTP attempts sent, by host, method and outcome (status code or error class).",
             ["host", "method", "outcome"],
             registry=registry,
         )
+        done.append(self.requests)
         self.retries = Counter(
             "chatsdk_retries",
             "Retries scheduled, by host and reason (status code or error class).",
             ["host", "reason"],
             registry=registry,
         )
+        done.append(self.retries)
         self.breaker_state = Gauge(
             "chatsdk_breaker_state",
             "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
             ["name"],
             registry=registry,
         )
+        done.append(self.breaker_state)
         self.delivery_seconds = Histogram(
             "chatsdk_outbox_delivery_seconds",
             "Seconds from enqueue to delivery of outbox entries.",
             buckets=DELIVERY_BUCKETS,
             registry=registry,
         )
+        done.append(self.delivery_seconds)
         self.reconnects = Counter(
             "chatsdk_realtime_reconnects",
             "Realtime reconnects scheduled.",
             registry=registry,
         )
+        done.append(self.reconnects)
         self._outboxes = _OutboxCollector()
         registry.register(self._outboxes)
 

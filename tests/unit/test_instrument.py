@@ -21,8 +21,8 @@ from chatsdk import (
     Outbox,
     RetryPolicy,
     ServerError,
+    _instrument,
 )
-from chatsdk import _instrument
 from chatsdk._errors import ConnectError, UnprocessableEntityError
 from chatsdk._instrument import (
     AttemptFinished,
@@ -43,7 +43,6 @@ from chatsdk._instrument import (
 )
 from chatsdk._outbox.drainer import Drainer
 from tests.unit.test_outbox_drainer import FakeDeliver, body, make, run_once
-from tests.unit.test_outbox_drainer import clock, outbox  # noqa: F401 - fixtures
 from tests.unit.test_transport import BASE, KEY, MESSAGES, message_json
 
 NO_JITTER = RetryPolicy(base_delay=0.5, max_delay=8.0, jitter="none")
@@ -68,6 +67,13 @@ class Recorder:
 @pytest.fixture
 def recorder() -> Recorder:
     return Recorder()
+
+
+@pytest.fixture
+def outbox(tmp_path: Path, clock) -> Iterator[Outbox]:
+    box = Outbox(tmp_path / "o.db", clock=clock)
+    yield box
+    box.close()
 
 
 @pytest.fixture
@@ -187,7 +193,9 @@ def test_503_503_201_gives_two_retry_events_and_three_attempts(
 
 
 @responses.activate
-def test_transport_errors_are_labelled_by_their_class(client: ChatClient, recorder: Recorder) -> None:
+def test_transport_errors_are_labelled_by_their_class(
+    client: ChatClient, recorder: Recorder
+) -> None:
     import requests
 
     responses.get(f"{BASE}/api/health", body=requests.ConnectionError("refused"))
@@ -214,9 +222,7 @@ def test_a_hook_that_raises_does_not_fail_the_send(sleep, clock) -> None:
 def test_a_breaker_opening_fires_exactly_one_event(clock) -> None:
     recorder = Recorder()
     policy = BreakerPolicy(failure_threshold=2, failed_operations=2, recovery_timeout=30)
-    session = ChatSession(
-        BASE, KEY, retry=RetryPolicy(max_attempts=1), breaker=policy, clock=clock
-    )
+    session = ChatSession(BASE, KEY, retry=RetryPolicy(max_attempts=1), breaker=policy, clock=clock)
     responses.post(MESSAGES, status=503, json={})
     with ChatClient(session=session, on_event=recorder) as chat:
         with pytest.raises(ServerError):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+
+import pytest
 
 from chatsdk._instrument import (
     Emitter,
@@ -13,12 +15,24 @@ from chatsdk._instrument import (
 )
 from chatsdk._realtime.client import RealtimeClient, RealtimeState
 from chatsdk._realtime.subscription import StreamPosition
-from tests.helpers import Collector, wait_until
+from tests.helpers import Collector, realtime_clients, wait_until
 from tests.unit.realtime_fake import FakeServer
 from tests.unit.test_instrument import Recorder
-from tests.unit.test_realtime_client import WAIT, fake, make_client, push  # noqa: F401
+from tests.unit.test_realtime_client import CLIENT_DEFAULTS, WAIT, push
 
 S = RealtimeState
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeServer]:
+    with FakeServer() as server:
+        yield server
+
+
+@pytest.fixture
+def make_client() -> Iterator[Callable[..., RealtimeClient]]:
+    with realtime_clients(CLIENT_DEFAULTS) as make:
+        yield make
 
 
 def hooked(make: Callable[..., RealtimeClient], url: str) -> tuple[RealtimeClient, Recorder]:
