@@ -92,8 +92,8 @@ class OutboxStats:
 
     @property
     def dead_letters(self) -> int:
-        """Entries that failed for good (``failed``), kept until retried or purged."""
-        return self.failed
+        """Entries that will not be delivered unless retried: ``failed`` + ``expired``."""
+        return self.failed + self.expired
 
     def to_json(self) -> dict[str, Any]:
         """The statistics as a JSON object (what ``chatsdk outbox status --json`` prints)."""

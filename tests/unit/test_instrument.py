@@ -412,3 +412,15 @@ def test_the_clients_hooks_get_its_realtime_clients_events(
     realtime.events.emit(RecoveryFailed(channel="chat:1"))
     assert recorder.of(RecoveryFailed) == [RecoveryFailed(channel="chat:1")]
     realtime.close()
+
+
+def test_the_core_imports_neither_prometheus_nor_opentelemetry() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, chatsdk; c = chatsdk.ChatClient('http://h', 'k'); c.close(); "
+        "bad = [m for m in sys.modules if m.startswith(('prometheus_client', 'opentelemetry'))]; "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
