@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, ClassVar, ParamSpec, Protocol, TypeVar, Union
@@ -38,7 +39,9 @@ if TYPE_CHECKING:
     from chatsdk._resilience.breaker import CircuitState
 
 __all__ = [
+    "PROCESS",
     "AttemptFinished",
+    "AttemptSpan",
     "BreakerStateChanged",
     "Emitter",
     "EventHook",
@@ -55,12 +58,14 @@ __all__ = [
     "add_event_hook",
     "key_prefix",
     "live_outboxes",
+    "operation",
     "remove_event_hook",
     "set_tracer",
     "track_outbox",
 ]
 
 log = logging.getLogger("chatsdk.instrument")
+_REGISTRATION = threading.Lock()
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -292,11 +297,14 @@ class Emitter:
 
     def add(self, hooks: EventHook | Iterable[EventHook] | None) -> None:
         """Register more hooks on this emitter."""
-        self._hooks += _hooks(hooks)
+        new = _hooks(hooks)
+        with _REGISTRATION:  # emit() reads the tuple without a lock: replace, never mutate
+            self._hooks += new
 
     def remove(self, hook: EventHook) -> None:
         """Unregister ``hook`` (every registration of it); unknown hooks are ignored."""
-        self._hooks = tuple(h for h in self._hooks if h is not hook)
+        with _REGISTRATION:
+            self._hooks = tuple(h for h in self._hooks if h is not hook)
 
     def emit(self, event: SDKEvent) -> None:
         """Call every hook with ``event``; a hook that raises is logged, never propagated."""
@@ -350,22 +358,22 @@ def key_prefix(key: str | None) -> str | None:
 
 # -- the outboxes of this process's clients ----------------------------------------------
 
-_OUTBOXES: dict[int, Outbox] = {}
+_OUTBOXES: weakref.WeakSet[Outbox] = weakref.WeakSet()
 _OUTBOXES_LOCK = threading.Lock()
 
 
 def track_outbox(outbox: Outbox) -> None:
-    """Remember a client's outbox until it is closed (for scrape-time statistics)."""
+    """Remember a client's outbox while it is open (for scrape-time statistics)."""
     with _OUTBOXES_LOCK:
-        _OUTBOXES[id(outbox)] = outbox
+        _OUTBOXES.add(outbox)
 
 
 def live_outboxes() -> list[Outbox]:
     """The open outboxes of this process's clients, one per file."""
     with _OUTBOXES_LOCK:
-        for key in [k for k, o in _OUTBOXES.items() if o.closed]:
-            del _OUTBOXES[key]
-        by_path = {outbox.path: outbox for outbox in _OUTBOXES.values()}
+        for outbox in [o for o in _OUTBOXES if o.closed]:
+            _OUTBOXES.discard(outbox)
+        by_path = {outbox.path: outbox for outbox in _OUTBOXES}
     return list(by_path.values())
 
 
