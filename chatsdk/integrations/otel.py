@@ -33,10 +33,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping
+from contextvars import Token
 from typing import Any
 
 import requests
 from opentelemetry import context, propagate, trace
+from opentelemetry.context import Context
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 from chatsdk import _instrument
@@ -89,7 +91,7 @@ class _Attempt:
 
     __slots__ = ("_span", "_token")
 
-    def __init__(self, span: trace.Span, token: object) -> None:
+    def __init__(self, span: trace.Span, token: Token[Context]) -> None:
         self._span = span
         self._token = token
 
@@ -109,8 +111,7 @@ class _Attempt:
                     span.set_status(Status(StatusCode.ERROR, type(outcome).__name__))
         finally:
             span.end()
-            if self._token is not None:
-                context.detach(self._token)  # type: ignore[arg-type]
+            context.detach(self._token)
 
 
 class _Idle:
@@ -123,6 +124,21 @@ class _Idle:
 
 
 _IDLE = _Idle()
+
+
+class _HTTPScope:
+    """Marks chatsdk's own HTTP calls so other HTTP instrumentation skips them.
+
+    A class rather than a generator: it runs around every request.
+    """
+
+    __slots__ = ("_token",)
+
+    def __enter__(self) -> None:
+        self._token = context.attach(context.set_value(_SUPPRESS_HTTP_INSTRUMENTATION_KEY, True))
+
+    def __exit__(self, *_exc: object) -> None:
+        context.detach(self._token)
 
 
 class _Tracer:
@@ -157,13 +173,8 @@ class _Tracer:
                 span.set_attribute("error.type", type(exc).__name__)
                 raise
 
-    @contextlib.contextmanager
-    def http_scope(self) -> Iterator[object]:
-        token = context.attach(context.set_value(_SUPPRESS_HTTP_INSTRUMENTATION_KEY, True))
-        try:
-            yield None
-        finally:
-            context.detach(token)
+    def http_scope(self) -> _HTTPScope:
+        return _HTTPScope()
 
     def attempt(self, request: requests.PreparedRequest, attempt: int) -> _instrument.AttemptSpan:
         if _suppressed():
@@ -184,9 +195,10 @@ class _Tracer:
             span.set_attribute("url.full", url)
             if attempt > 1:
                 span.set_attribute("http.request.resend_count", attempt - 1)
+        if not span.get_span_context().is_valid:
+            return _IDLE  # the API's no-op tracer: nothing to make current or to send
         token = context.attach(trace.set_span_in_context(span))
-        if span.get_span_context().is_valid:
-            propagate.inject(request.headers)  # this attempt's traceparent
+        propagate.inject(request.headers)  # this attempt's traceparent
         return _Attempt(span, token)
 
     def carrier(self) -> dict[str, str] | None:
