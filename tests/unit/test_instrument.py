@@ -424,3 +424,18 @@ def test_the_core_imports_neither_prometheus_nor_opentelemetry() -> None:
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("stored", ["{not json", "[1, 2]", '{"traceparent": "00-ab-cd-01"}'])
+def test_a_damaged_stored_trace_context_is_dropped_not_fatal(outbox: Outbox, stored: str) -> None:
+    import sqlite3
+
+    entry = outbox.enqueue("message", "c1", body("c1"))
+    conn = sqlite3.connect(outbox.path)
+    conn.execute("UPDATE entries SET trace_context = ? WHERE id = ?", (stored, entry.id))
+    conn.commit()
+    conn.close()
+    read = outbox.get(entry.id)
+    assert read is not None
+    expected = {"traceparent": "00-ab-cd-01"} if stored.startswith('{"') else None
+    assert read.trace_context == expected
