@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 import requests
 
-from chatsdk import _shutdown
+from chatsdk import _instrument, _shutdown
 from chatsdk._errors import (
     ChatSDKError,
     ConfigurationError,
@@ -25,6 +25,7 @@ from chatsdk._http.adapter import Transport, attempts_of
 from chatsdk._http.idempotency import Deduplicator, derived_key, new_idempotency_key
 from chatsdk._http.retry import RetryPolicy, error_for_response
 from chatsdk._http.session import ChatSession
+from chatsdk._instrument import Emitter, EventHook, OutboxBacklog, OutboxEnqueued, operation
 from chatsdk._models import Attachment, Message, Reaction
 from chatsdk._outbox.drainer import Drainer
 from chatsdk._outbox.models import FlushResult, Operation, OutboxEntry
@@ -79,6 +80,11 @@ class ChatClient:
             entries this process queued; the rest stays on disk for the next process.
         transport: makes each single HTTP attempt instead of urllib3, beneath the retries,
             breaker and budget: ``chatsdk.testing.InMemoryTransport()`` in tests.
+        on_event: a callable (or callables) receiving this client's typed events
+            (:class:`RetryScheduled`, :class:`BreakerStateChanged`, :class:`OutboxDelivered`,
+            ...), off the SDK's locks; one that raises is logged and never breaks a send.
+            The hooks belong to the client's session (a session shared by two clients
+            gives both clients' hooks every event of it).
 
     Raises:
         ConfigurationError: the URL or the key is missing (naming which) or invalid.
@@ -97,6 +103,7 @@ class ChatClient:
         close_timeout: float = 2.0,
         dedup_window: float = 1.0,
         transport: Transport | None = None,
+        on_event: EventHook | Iterable[EventHook] | None = None,
     ) -> None:
         if session is not None:
             given = [
@@ -126,6 +133,8 @@ class ChatClient:
             self.session = ChatSession(
                 url, key, retry=retry, timeout=timeout, breaker=breaker, transport=transport
             )
+        self._events = self.session.adapter.events
+        self._events.add(on_event)
         if isinstance(close_timeout, bool) or not close_timeout >= 0:
             raise ConfigurationError(f"close_timeout must be >= 0, got {close_timeout!r}")
         self.close_timeout = float(close_timeout)
@@ -146,7 +155,9 @@ class ChatClient:
                 self._deliver,
                 breaker_for=lambda _op: self.session.breaker_for(),
                 retry=retry,
+                events=self._events,
             )
+            _instrument.track_outbox(self._outbox)
             self._drainer.start()
         _shutdown.track(self)
 
@@ -197,7 +208,9 @@ class ChatClient:
                         "they stay in the file and the next ChatClient on it delivers them",
                         outbox.path,
                         result.pending,
+                        extra={"path": outbox.path},
                     )
+                self._backlog(result)
             drainer.stop(max(0.0, deadline - time.monotonic()))
             outbox.remove_listener(drainer.notify)
             outbox.detach(drainer)
@@ -224,6 +237,7 @@ class ChatClient:
         """
         return None if self._drainer is None else self._drainer.auth_error
 
+    @operation("queue_message")
     def queue_message(
         self,
         channel_id: str,
@@ -245,8 +259,11 @@ class ChatClient:
         """
         body = message_body(channel_id, text, attachments, parent_id)
         key = self._key(idempotency_key)
-        return self._queue().enqueue("message", body["channelId"], body, idempotency_key=key)
+        entry = self._queue().enqueue("message", body["channelId"], body, idempotency_key=key)
+        self._enqueued(entry)
+        return entry
 
+    @operation("queue_reaction")
     def queue_reaction(
         self, message_id: str, reaction: str, *, idempotency_key: str | None = None
     ) -> OutboxEntry[Reaction]:
@@ -254,7 +271,9 @@ class ChatClient:
         body = reaction_body(message_id, reaction)
         key = self._key(idempotency_key)
         lane = f"reaction/{body['messageId']}"
-        return self._queue().enqueue("reaction", lane, body, idempotency_key=key)
+        entry = self._queue().enqueue("reaction", lane, body, idempotency_key=key)
+        self._enqueued(entry)
+        return entry
 
     def flush(self, timeout: float | None = None) -> FlushResult:
         """Block until the outbox holds no ``queued``/``sending`` entry, whoever queued it.
@@ -269,6 +288,19 @@ class ChatClient:
         self._drainer.flush(timeout)
         return FlushResult(pending=self._outbox.pending_count(), path=self._outbox.path)
 
+    def _backlog(self, result: FlushResult) -> None:
+        """Tell the hooks how many of this process's entries are left for the next one."""
+        if self._events.active and result.path is not None:
+            self._events.emit(OutboxBacklog(count=result.pending, path=result.path))
+
+    def _enqueued(self, entry: OutboxEntry[Any]) -> None:
+        if self._events.active:
+            op = entry.operation
+            path = self._queue().path
+            self._events.emit(
+                OutboxEnqueued(entry_id=entry.id, kind=op.kind, channel=op.channel, path=path)
+            )
+
     def _queue(self) -> Outbox:
         if self._outbox is None:
             raise ConfigurationError("this client has no outbox: pass outbox= to ChatClient")
@@ -282,6 +314,7 @@ class ChatClient:
 
     # -- messages ------------------------------------------------------------------------
 
+    @operation("send_message")
     def send_message(
         self,
         channel_id: str,
@@ -314,6 +347,7 @@ class ChatClient:
         key = self._explicit_or_derived(idempotency_key)
         return self._dedup.run("message", body, key, lambda k: self._create(body, k, Message))
 
+    @operation("edit_message")
     def edit_message(self, message_id: str, text: str) -> Message:
         """Replace a message's text (``PATCH``; idempotent, retried)."""
         message_id = check_id("messageId", message_id)
@@ -321,11 +355,13 @@ class ChatClient:
         response = self._request("PATCH", _path("api", "messages", message_id), json=body)
         return self._parse(response, Message.from_json)
 
+    @operation("delete_message")
     def delete_message(self, message_id: str) -> None:
         """Delete a message (succeeds also when it was already deleted)."""
         message_id = check_id("messageId", message_id)
         self._request("DELETE", _path("api", "messages", message_id))
 
+    @operation("list_messages")
     def list_messages(
         self, channel_id: str, *, limit: int = 50, before: str | None = None
     ) -> list[Message]:
@@ -345,6 +381,7 @@ class ChatClient:
 
     # -- reactions -----------------------------------------------------------------------
 
+    @operation("add_reaction")
     def add_reaction(
         self, message_id: str, reaction: str, *, idempotency_key: str | None = None
     ) -> Reaction:
@@ -353,6 +390,7 @@ class ChatClient:
         key = self._explicit_or_derived(idempotency_key)
         return self._dedup.run("reaction", body, key, lambda k: self._create(body, k, Reaction))
 
+    @operation("remove_reaction")
     def remove_reaction(self, message_id: str, reaction: str) -> None:
         """Remove a reaction (succeeds also when it was absent)."""
         body = reaction_body(message_id, reaction)
@@ -362,6 +400,7 @@ class ChatClient:
 
     # -- health --------------------------------------------------------------------------
 
+    @operation("health")
     def health(self) -> bool:
         """True when the server answers ``GET /api/health`` with ``{"status": "ok"}``."""
         try:
@@ -380,7 +419,8 @@ class ChatClient:
         Tokens come from ``POST /api/realtime/token`` on this client's session: one now
         (it also gives the WebSocket URL), then a fresh one before every later connection
         attempt and refresh. Connection attempts go through the session's ``ws:`` circuit
-        breaker for that host. With an outbox, every (re)connect wakes its drainer. Call
+        breaker for that host. With an outbox, every (re)connect wakes its drainer. This
+        client's ``on_event`` hooks get the realtime client's events too. Call
         ``connect()`` on the result; ``subscribe_channel(channel_id, on_event)`` gives
         typed chat events.
 
@@ -402,6 +442,7 @@ class ChatClient:
         client = RealtimeClient.from_token_source(
             fetch, breaker_for=lambda url: self.session.breaker_for(url, kind="ws"), **options
         )
+        client.events = Emitter(parent=self._events)  # this client's hooks get its events
         drainer = self._drainer
         if drainer is not None:
             client.add_reconnect_listener(lambda: drainer.notify(expedite=True))

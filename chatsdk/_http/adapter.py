@@ -20,7 +20,7 @@ import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from chatsdk import _testmode
+from chatsdk import _instrument, _testmode
 from chatsdk._errors import ChatSDKError, CircuitBreakerOpenError, map_transport_error
 from chatsdk._http.retry import (
     DEFAULT_RETRY_POLICY,
@@ -30,6 +30,13 @@ from chatsdk._http.retry import (
     classify,
     error_for_response,
     parse_retry_after,
+)
+from chatsdk._instrument import (
+    AttemptFinished,
+    BreakerStateChanged,
+    Emitter,
+    RetryScheduled,
+    key_prefix,
 )
 from chatsdk._resilience.breaker import BreakerPolicy, CircuitBreaker, CircuitState, Permit
 from chatsdk._resilience.hosts import HostState, host_of
@@ -102,6 +109,9 @@ class ResilientAdapter(HTTPAdapter):
         self.retry = retry or DEFAULT_RETRY_POLICY
         self._breaker_policy = None if breaker is False else (breaker or BreakerPolicy())
         self.hosts = HostState(self._breaker_policy, self.retry, clock=clock)
+        #: hands this adapter's events (retries, attempts, breaker changes) to hooks.
+        self.events = Emitter()
+        self.hosts.add_listener(self._on_breaker_change)
         self._sleep = sleep
         self._clock = clock
         self._rand = rand
@@ -121,6 +131,17 @@ class ResilientAdapter(HTTPAdapter):
         )
         self.proxy_manager = {}
         self.hosts.reset_after_fork()
+
+    def _on_breaker_change(
+        self, breaker: CircuitBreaker, old: CircuitState, new: CircuitState
+    ) -> None:
+        # Called after the breaker's lock is released (see CircuitBreaker._announce).
+        if self.events.active:
+            retry_after = breaker.retry_after if new is CircuitState.OPEN else 0.0
+            event = BreakerStateChanged(
+                breaker=breaker.name, old=old, new=new, retry_after=retry_after
+            )
+            self.events.emit(event)
 
     def send_attempt(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
         """One attempt, no retries: through the injected transport, else urllib3's pool."""
@@ -162,7 +183,11 @@ class ResilientAdapter(HTTPAdapter):
                     outcome.close()
                 raise state.stamp(error) from cause
             if state.budget is not None and not state.budget.try_spend():
-                log.info("not retrying %s %s: the retry budget is spent", *state.label)
+                log.info(
+                    "not retrying %s %s: the retry budget is spent",
+                    *state.label,
+                    extra=state.fields(),
+                )
                 return state.finish(outcome)
             if isinstance(outcome, requests.Response):
                 outcome.close()
@@ -172,7 +197,20 @@ class ResilientAdapter(HTTPAdapter):
                 state.attempts,
                 _reason(outcome),
                 delay,
+                extra=state.fields(),
             )
+            if self.events.active:
+                method, path = state.label
+                self.events.emit(
+                    RetryScheduled(
+                        host=state.host,
+                        method=method,
+                        path=path,
+                        attempt=state.attempts,
+                        delay=delay,
+                        reason=_label(outcome),
+                    )
+                )
             self._sleep(delay)
 
     def _attempt(self, state: _RetryState, timeout: TimeoutArg, options: dict[str, Any]) -> Outcome:
@@ -182,6 +220,9 @@ class ResilientAdapter(HTTPAdapter):
         except CircuitBreakerOpenError as exc:
             return exc
         state.attempts += 1
+        started = self._clock() if self.events.active else None
+        tracer = _instrument.tracer
+        span = None if tracer is None else tracer.attempt(state.request, state.attempts)
         try:
             response = self.send_attempt(
                 state.request, timeout=state.attempt_timeout(timeout), **options
@@ -193,15 +234,42 @@ class ResilientAdapter(HTTPAdapter):
             mapped = map_transport_error(exc, state.request)
             mapped.__cause__ = exc
             self._report(permit, classify(mapped, self.retry), None, state)
+            self._attempt_done(state, mapped, started, span)
             return mapped
-        except BaseException:
+        except BaseException as exc:
             if permit is not None:
                 permit.release()
+            if span is not None:
+                span.end(exc)
             raise
         verdict = classify(response, self.retry)
         hold = self._hold_for(state, response) if verdict.hold_open else None
         self._report(permit, verdict, hold, state)
+        self._attempt_done(state, response, started, span)
         return response
+
+    def _attempt_done(
+        self,
+        state: _RetryState,
+        outcome: Outcome,
+        started: float | None,
+        span: _instrument.AttemptSpan | None,
+    ) -> None:
+        """The attempt's span ends and its event goes out (after the breaker heard of it)."""
+        if span is not None:
+            span.end(outcome)
+        if started is not None:
+            method, path = state.label
+            self.events.emit(
+                AttemptFinished(
+                    host=state.host,
+                    method=method,
+                    path=path,
+                    attempt=state.attempts,
+                    outcome=_label(outcome),
+                    duration=self._clock() - started,
+                )
+            )
 
     def _hold_for(self, state: _RetryState, response: requests.Response) -> float | None:
         """How long a ``Retry-After`` keeps the circuit open, capped (see retry.py's table)."""
@@ -230,7 +298,9 @@ class ResilientAdapter(HTTPAdapter):
         policy = self.retry
         if not verdict.retry or state.attempts >= policy.max_attempts:
             if verdict.error is not None and verdict.processed and not verdict.retry:
-                log.debug("not retrying %s %s: %s", *state.label, _reason(outcome))
+                log.debug(
+                    "not retrying %s %s: %s", *state.label, _reason(outcome), extra=state.fields()
+                )
             return None
         retry_after = None
         if isinstance(outcome, requests.Response):
@@ -240,12 +310,15 @@ class ResilientAdapter(HTTPAdapter):
                     "not retrying %s %s: Retry-After %.1fs is above max_retry_after",
                     *state.label,
                     retry_after,
+                    extra=state.fields(),
                 )
                 return None
         error = outcome if isinstance(outcome, BaseException) else None
         delay = backoff_for(error, state.attempts - 1, policy, self._rand, retry_after)
         if policy.deadline is not None and state.elapsed() + delay >= policy.deadline:
-            log.info("not retrying %s %s: the deadline would pass", *state.label)
+            log.info(
+                "not retrying %s %s: the deadline would pass", *state.label, extra=state.fields()
+            )
             return None
         return delay
 
@@ -262,11 +335,23 @@ class _RetryState:
         self.attempts = 0
         #: names the operation to the breaker, which counts failures per operation.
         self.token = next(_OPERATION_TOKENS)
-        host = adapter.hosts.get(f"rest:{host_of(request.url or '')}")
+        self.host = host_of(request.url or "")
+        host = adapter.hosts.get(f"rest:{self.host}")
         self.breaker: CircuitBreaker | None = host.breaker
         self.budget = host.budget
         #: ``(method, path)`` for log lines.
         self.label = (self.method, urlsplit(request.url or "").path)
+
+    def fields(self) -> dict[str, object]:
+        """The ``extra`` fields of this operation's log records (never the key itself)."""
+        method, path = self.label
+        return {
+            "host": self.host,
+            "method": method,
+            "path": path,
+            "attempt": self.attempts,
+            "key_prefix": key_prefix(self.key),
+        }
 
     def elapsed(self) -> float:
         return self.adapter._clock() - self.started
@@ -302,4 +387,11 @@ class _RetryState:
 def _reason(outcome: Outcome) -> str:
     if isinstance(outcome, requests.Response):
         return f"HTTP {outcome.status_code}"
+    return type(outcome).__name__
+
+
+def _label(outcome: Outcome) -> str:
+    """A short, bounded label for events and metrics: ``"503"`` or ``"ConnectError"``."""
+    if isinstance(outcome, requests.Response):
+        return str(outcome.status_code)
     return type(outcome).__name__

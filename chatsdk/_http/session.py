@@ -13,7 +13,7 @@ import requests
 from requests.sessions import merge_setting
 from requests.utils import get_environ_proxies
 
-from chatsdk import _fork
+from chatsdk import _fork, _instrument
 from chatsdk._errors import CircuitBreakerOpenError, ConfigurationError
 from chatsdk._http.adapter import ResilientAdapter, Transport
 from chatsdk._http.retry import RetryPolicy
@@ -160,7 +160,11 @@ class ChatSession(requests.Session):
         self._fail_fast(url, kwargs.get("headers"))
         if kwargs.get("timeout") is None and (len(args) < 7 or args[6] is None):
             kwargs["timeout"] = self.timeout
-        return super().request(method, url, *args, **kwargs)
+        tracer = _instrument.tracer
+        if tracer is None:
+            return super().request(method, url, *args, **kwargs)
+        with tracer.http_scope():  # our attempt spans are the HTTP client spans
+            return super().request(method, url, *args, **kwargs)
 
     def _fail_fast(self, url: str, headers: Any) -> None:
         """Refuse a call to a host whose circuit is open before any request work is done.

@@ -48,7 +48,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from chatsdk import _fork, _testmode
+from chatsdk import _fork, _instrument, _testmode
 from chatsdk._errors import (
     ChatSDKError,
     CircuitBreakerOpenError,
@@ -63,6 +63,7 @@ from chatsdk._http.retry import (
     classify,
     retry_after_of,
 )
+from chatsdk._instrument import Emitter, OutboxDeadLettered, OutboxDelivered, key_prefix
 from chatsdk._outbox.models import Operation, OutboxEntry
 from chatsdk._outbox.outbox import Follow, Outbox
 from chatsdk._resilience.breaker import CircuitState
@@ -109,6 +110,8 @@ class Drainer:
         poll_interval: the longest sleep between looks at the file (other processes' work).
         retry: the policy for classification and backoff between deliveries of an entry.
         rand: randomness for the backoff's jitter (inject for tests).
+        events: receives ``outbox_delivered`` and ``outbox_dead_lettered`` events (a
+            client's emitter; default: the process-wide hooks only).
     """
 
     def __init__(
@@ -122,6 +125,7 @@ class Drainer:
         poll_interval: float = 1.0,
         retry: RetryPolicy | None = None,
         rand: Callable[[], float] = random.random,
+        events: Emitter | None = None,
     ) -> None:
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise ValueError(f"workers must be an int >= 1, got {workers!r}")
@@ -135,6 +139,7 @@ class Drainer:
         self._poll = float(poll_interval)
         self._retry = retry or DEFAULT_RETRY_POLICY
         self._rand = rand
+        self._events = events if events is not None else Emitter()
         self._auth_error: BaseException | None = None
         self._stopping = False
         self._started = False  # ever started (in this process or a parent)
@@ -369,7 +374,9 @@ class Drainer:
             # The outcome could not be written; the lease runs out and the entry is resent
             # (by this process or another) under the same key, so the server replays rather
             # than duplicates.
-            log.warning("outbox entry %d: outcome not recorded: %s", entry.id, exc)
+            log.warning(
+                "outbox entry %d: outcome not recorded: %s", entry.id, exc, extra=_fields(entry)
+            )
         except Exception:  # a bug must not end the worker: the lease runs out, as above
             log.exception("outbox entry %d: unexpected error while processing it", entry.id)
         self.outbox.forget(entry)
@@ -384,7 +391,7 @@ class Drainer:
         """
         op = entry.operation
         try:
-            response = self._deliver(op)
+            response = self._send(entry)
         except CircuitBreakerOpenError as exc:
             self.outbox.release(entry)
             self._pause(exc.retry_after, op)
@@ -395,34 +402,74 @@ class Drainer:
                 "outbox draining stopped: the server refused the API key (%s); entries stay "
                 "queued until resume() or a client with a working key drains them",
                 exc,
+                extra=_fields(entry),
             )
             self.outbox.signal()
         except Exception as exc:
             if is_permanent(exc, self._retry):
                 if isinstance(exc, ChatSDKError):
-                    log.warning("outbox entry %d failed for good: %s", entry.id, exc)
+                    log.warning(
+                        "outbox entry %d failed for good: %s", entry.id, exc, extra=_fields(entry)
+                    )
                 else:
                     log.error(
                         "outbox entry %d failed for good: delivering it raised %r",
                         entry.id,
                         exc,
                         exc_info=exc,
+                        extra=_fields(entry),
                     )
-                return self.outbox.fail(entry, exc, follow=follow)
+                claimed = self.outbox.fail(entry, exc, follow=follow)
+                self._dead_lettered(entry, exc)
+                return claimed
             retry_after = retry_after_of(exc)
             index = min(entry.attempts - 1, 64)
             delay = backoff_for(exc, index, self._retry, self._rand, retry_after)
-            log.info("outbox entry %d: %s; next attempt in %.2fs", entry.id, exc, delay)
-            self.outbox.reschedule(entry, exc, delay, retry_after=retry_after)
+            log.info(
+                "outbox entry %d: %s; next attempt in %.2fs",
+                entry.id,
+                exc,
+                delay,
+                extra=_fields(entry),
+            )
+            if self.outbox.reschedule(entry, exc, delay, retry_after=retry_after):
+                self._dead_lettered(entry, exc)
         else:
-            return self.outbox.ack(entry, response, follow=follow)
+            claimed = self.outbox.ack(entry, response, follow=follow)
+            if self._events.active:
+                age = max(0.0, self._clock() - entry.created_at)
+                self._events.emit(
+                    OutboxDelivered(
+                        entry_id=entry.id, attempts=entry.attempts, age=age, path=self.outbox.path
+                    )
+                )
+            return claimed
         return None
+
+    def _send(self, entry: OutboxEntry[Any]) -> dict[str, Any]:
+        """One delivery; a span linked to the enqueuing one when tracing is on."""
+        tracer = _instrument.tracer
+        if tracer is None:
+            return self._deliver(entry.operation)
+        with tracer.delivery(entry.id, entry.operation.kind, entry.trace_context):
+            return self._deliver(entry.operation)
+
+    def _dead_lettered(self, entry: OutboxEntry[Any], exc: BaseException) -> None:
+        if self._events.active:
+            self._events.emit(
+                OutboxDeadLettered(
+                    entry_id=entry.id,
+                    attempts=entry.attempts,
+                    reason=type(exc).__name__,
+                    path=self.outbox.path,
+                )
+            )
 
     def _pause(self, retry_after: float, op: Operation) -> None:
         wait = retry_after if retry_after > 0 else _MIN_PAUSE
         with self._lock:
             self._paused_until = max(self._paused_until, time.monotonic() + wait)
-        log.info("outbox drainer paused %.2fs: circuit open", wait)
+        log.info("outbox drainer paused %.2fs: circuit open", wait, extra={"channel": op.channel})
         breaker = self._breaker_for(op) if self._breaker_for is not None else None
         if breaker is not None and id(breaker) not in self._watched:
             self._watched.add(id(breaker))
@@ -436,3 +483,13 @@ class Drainer:
         with self._lock:
             self._paused_until = 0.0
         self.notify(expedite=new is CircuitState.CLOSED)
+
+
+def _fields(entry: OutboxEntry[Any]) -> dict[str, object]:
+    """The ``extra`` fields of an entry's log records (never the key itself, nor the body)."""
+    return {
+        "entry_id": entry.id,
+        "attempt": entry.attempts,
+        "channel": entry.operation.channel,
+        "key_prefix": key_prefix(entry.idempotency_key),
+    }

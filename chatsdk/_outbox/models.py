@@ -37,7 +37,7 @@ R = TypeVar("R")
 COLUMNS = (
     "id, kind, channel, idempotency_key, body, status, attempts, created_at, "
     "next_attempt_at, lease_owner, lease_expires_at, last_error, error, response, "
-    "possibly_delivered, lease_token"
+    "possibly_delivered, lease_token, trace_context"
 )
 
 
@@ -67,6 +67,9 @@ class OutboxStats:
     """Counts per status, the age in seconds of the oldest pending entry (or None), and
     how this process's drainer is doing.
 
+    What a monitor alerts on: :attr:`oldest_pending_age` (delivery is stuck) and
+    :attr:`dead_letters` (messages that will not arrive unless retried).
+
     Attributes:
         drainer: None when no drainer of this process drains the outbox; ``"running"``;
             otherwise why one is not delivering (``"stopped"``, ``"stopped: ..."`` after a
@@ -86,6 +89,24 @@ class OutboxStats:
     def pending(self) -> int:
         """Entries still to deliver (``queued`` + ``sending``)."""
         return self.queued + self.sending
+
+    @property
+    def dead_letters(self) -> int:
+        """Entries that will not be delivered unless retried: ``failed`` + ``expired``."""
+        return self.failed + self.expired
+
+    def to_json(self) -> dict[str, Any]:
+        """The statistics as a JSON object (what ``chatsdk outbox status --json`` prints)."""
+        return {
+            "queued": self.queued,
+            "sending": self.sending,
+            "sent": self.sent,
+            "failed": self.failed,
+            "expired": self.expired,
+            "pending": self.pending,
+            "dead_letters": self.dead_letters,
+            "oldest_pending_age": self.oldest_pending_age,
+        }
 
 
 @attrs.frozen(kw_only=True)
@@ -122,6 +143,7 @@ class OutboxEntry(Generic[R]):
         created_at: enqueue time (wall clock, seconds since the epoch).
         next_attempt_at: earliest time of the next attempt (wall clock).
         possibly_delivered: a ``failed``/``expired`` entry that may have reached the server.
+        trace_context: the trace context stored with the entry when tracing was on.
     """
 
     id: int
@@ -136,6 +158,8 @@ class OutboxEntry(Generic[R]):
     lease_owner: str | None = attrs.field(default=None, repr=False)
     lease_expires_at: float | None = attrs.field(default=None, repr=False)
     lease_token: str | None = attrs.field(default=None, repr=False, eq=False)
+    #: the trace context of the span that queued the entry (W3C ``traceparent``...), if any.
+    trace_context: dict[str, str] | None = attrs.field(default=None, repr=False, eq=False)
     _outbox: _Waiter = attrs.field(repr=False, eq=False)
     _error: dict[str, Any] | None = attrs.field(default=None, repr=False, eq=False)
     _response: str | None = attrs.field(default=None, repr=False, eq=False)
@@ -216,6 +240,7 @@ def entry_from_row(outbox: _Waiter, row: tuple[Any, ...]) -> OutboxEntry[Any]:
         response,
         possibly,
         lease_token,
+        trace_context,
     ) = row
     op = Operation(kind=kind, body=_body(body), idempotency_key=key, channel=channel)
     return OutboxEntry(
@@ -234,6 +259,7 @@ def entry_from_row(outbox: _Waiter, row: tuple[Any, ...]) -> OutboxEntry[Any]:
         outbox=outbox,
         error=_error(error),
         response=response,
+        trace_context=_trace_context(trace_context),
     )
 
 
@@ -258,6 +284,17 @@ def _body(text: Any) -> dict[str, Any]:
     except (TypeError, ValueError):
         decoded = None
     return decoded if isinstance(decoded, dict) else {"undecodable": str(text)}
+
+
+def _trace_context(text: str | None) -> dict[str, str] | None:
+    """A stored trace context; one that cannot be decoded is dropped (the span goes unlinked)."""
+    try:
+        decoded = json.loads(text) if text is not None else None
+    except ValueError:
+        return None
+    if not isinstance(decoded, dict):
+        return None
+    return {str(k): str(v) for k, v in decoded.items()}
 
 
 def _error(text: str | None) -> dict[str, Any] | None:

@@ -36,7 +36,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any, Literal, Protocol
 
-from chatsdk import _fork
+from chatsdk import _fork, _instrument
 from chatsdk._errors import OutboxError, WaitTimeoutError
 from chatsdk._models import Message, Reaction
 from chatsdk._outbox import sql
@@ -212,9 +212,12 @@ class Outbox:
         key = idempotency_key or str(uuid.uuid4())
         text = _ENCODER.encode(body)
         now = self._clock()
+        tracer = _instrument.tracer
+        carrier = None if tracer is None else tracer.carrier()
+        context = None if carrier is None else _ENCODER.encode(carrier)
 
         def insert(conn: sqlite3.Connection) -> OutboxEntry[Any]:
-            values = (kind, channel, key, text, now, now, self.owner)
+            values = (kind, channel, key, text, now, now, self.owner, context)
             try:
                 row_id = conn.execute(sql.INSERT, values).lastrowid
             except sqlite3.IntegrityError:
@@ -236,6 +239,7 @@ class Outbox:
                 created_at=now,
                 next_attempt_at=now,
                 outbox=self,
+                trace_context=carrier,
             )
 
         entry = self._run(insert, write=False)  # one INSERT: SQLite's implicit transaction
@@ -572,16 +576,19 @@ class Outbox:
         delay: float,
         *,
         retry_after: float | None = None,
-    ) -> None:
+    ) -> bool:
         """Record a transient error: ``queued`` again after ``delay`` seconds.
 
         After ``max_attempts`` deliveries the entry is ``failed`` instead, marked possibly
         delivered (a lost response may hide a success).
+
+        Returns:
+            True when the entry was ``failed`` (a dead letter) instead of rescheduled.
         """
         record = error_record(error, retry_after=retry_after)
         if self.max_attempts is not None and entry.attempts >= self.max_attempts:
             self._finish(entry, "failed", record, possibly_delivered=True)
-            return
+            return True
         when = self._clock() + max(0.0, delay)
         args = (when, describe_error(record), json.dumps(record), *_fence(entry))
         try:
@@ -589,6 +596,7 @@ class Outbox:
         finally:
             self.forget(entry)
         self._db.signal()
+        return False
 
     def release(self, entry: OutboxEntry[Any]) -> None:
         """Give a claim back untouched (nothing was sent): ``queued``, attempt not counted."""

@@ -57,7 +57,7 @@ assert COLUMNS.split(",")[TOKEN].strip() == "lease_token"
 
 INSERT = (
     "INSERT INTO entries (kind, channel, idempotency_key, body, created_at, next_attempt_at,"
-    " origin) VALUES (?, ?, ?, ?, ?, ?, ?)"
+    " origin, trace_context) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 SELECT = f"SELECT {COLUMNS} FROM entries"  # noqa: S608
 BY_ID = f"{SELECT} WHERE id = ?"

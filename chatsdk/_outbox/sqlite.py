@@ -47,7 +47,7 @@ Durability = Literal["normal", "full"]
 
 #: ``PRAGMA application_id`` of an outbox file ("CHOB"): tells ours from a foreign database.
 APPLICATION_ID = 0x43484F42
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _HEADER = b"SQLite format 3\x00"
 _APPLICATION_ID_OFFSET = 68  # where the file header stores PRAGMA application_id
 BUSY_DEADLINE = 120.0  # seconds we keep retrying SQLITE_BUSY before giving up
@@ -85,6 +85,10 @@ _MIGRATIONS = (
     """
     ALTER TABLE entries ADD COLUMN origin TEXT;
     ALTER TABLE entries ADD COLUMN lease_token TEXT
+    """,
+    # The W3C trace context of the span that queued the entry (JSON), for delivery spans.
+    """
+    ALTER TABLE entries ADD COLUMN trace_context TEXT
     """,
 )
 assert len(_MIGRATIONS) == SCHEMA_VERSION

@@ -36,6 +36,13 @@ from chatsdk._errors import (
     RealtimeError,
     ValidationError,
 )
+from chatsdk._instrument import (
+    Emitter,
+    RealtimeReconnecting,
+    RealtimeStateChanged,
+    RecoveryFailed,
+    SDKEvent,
+)
 from chatsdk._realtime.connection import ClientContext, Connection
 from chatsdk._realtime.dispatch import Dispatcher
 from chatsdk._realtime.reconnect import ReconnectPolicy
@@ -113,6 +120,8 @@ class RealtimeClient(SocketLoop):
         self._on_state_change = on_state_change
         self._clock = clock
         self._rng = random if random is not None else _random.Random()
+        #: hands this client's events to hooks (a ChatClient's, else the process-wide ones).
+        self.events = Emitter()
 
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
@@ -150,6 +159,7 @@ class RealtimeClient(SocketLoop):
             get_token=get_token,
             on_connected=self._on_connected,
             spawn=self._spawn,
+            on_recovery_failed=self._recovery_failed,
         )
         self._resume_in_child = False
         _fork.register(self, order=_fork.ORDER_CLIENT, after_child=RealtimeClient._after_fork)
@@ -415,9 +425,25 @@ class RealtimeClient(SocketLoop):
                 return
             self._state = new
             self._changed.notify_all()
-            log.debug("realtime state %s -> %s", old.value, new.value)
+            log.debug("realtime state %s -> %s", old.value, new.value, extra={"url": self.url})
             if self._on_state_change is not None:
                 self._dispatcher.submit(self._on_state_change, old, new)
+            if self.events.active:  # hooks run on the dispatch thread, never under the lock
+                event = RealtimeStateChanged(url=self.url, old=old, new=new)
+                self._dispatcher.submit(self.events.emit, event)
+
+    def _emit(self, event: SDKEvent) -> None:
+        """Hand ``event`` to the hooks on the dispatch thread."""
+        if self.events.active:
+            self._dispatcher.submit(self.events.emit, event)
+
+    def _recovery_failed(self, channel: str) -> None:
+        self._emit(RecoveryFailed(channel=channel))
+
+    def _reconnecting(self, attempt: int, delay: float, close_code: int | None) -> None:
+        self._emit(
+            RealtimeReconnecting(url=self.url, attempt=attempt, delay=delay, close_code=close_code)
+        )
 
     def _on_connected(self, conn: Connection) -> None:
         self._policy.connected()

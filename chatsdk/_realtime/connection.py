@@ -78,6 +78,8 @@ class ClientContext:
         get_token: fetches a fresh token (``None``: the token cannot be refreshed).
         on_connected: called (lock held) when the connect reply arrived.
         spawn: starts a tracked helper thread running the given function.
+        on_recovery_failed: told (lock held: it must only queue work) the channel whose
+            missed publications could not be recovered.
     """
 
     lock: threading.RLock
@@ -93,6 +95,7 @@ class ClientContext:
     get_token: Callable[[], str] | None
     on_connected: Callable[[Connection], None]
     spawn: Callable[[Callable[[], None]], None]
+    on_recovery_failed: Callable[[str], None] = lambda _channel: None
 
 
 @attrs.define
@@ -379,6 +382,8 @@ class Connection:
         counters.duplicates += step.duplicates
         counters.recoveries += step.recovered
         counters.recovery_failures += step.recovery_failed
+        if step.recovery_failed:
+            self.context.on_recovery_failed(sub.channel)
         if step.resubscribe:
             counters.gaps += 1
             self._resubscribe(sub, unsubscribe_first=True)

@@ -81,6 +81,9 @@ class SocketLoop:
     def _set_state(self, new: RealtimeState) -> None:
         raise NotImplementedError
 
+    def _reconnecting(self, attempt: int, delay: float, close_code: int | None) -> None:
+        raise NotImplementedError
+
     def _run(self) -> None:
         delay: float | None = None
         try:
@@ -127,6 +130,8 @@ class SocketLoop:
             self._stop_on_error(RealtimeError(decision.stop_reason, code=outcome.code))
             return None
         self._set_state(RealtimeState.SUSPENDED if decision.suspended else RealtimeState.CONNECTING)
+        code = None if outcome.handshake_failed else outcome.code
+        self._reconnecting(self._policy.unconnected, decision.delay, code)
         return decision.delay
 
     def _stop_on_error(self, error: RealtimeError) -> None:

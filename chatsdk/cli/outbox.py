@@ -113,9 +113,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _counts(stats: OutboxStats) -> dict[str, Any]:
-    counts: dict[str, Any] = {status: getattr(stats, status) for status in STATUSES}
-    counts["oldest_pending_age"] = stats.oldest_pending_age
-    return counts
+    return stats.to_json()  # counts, pending, dead_letters, oldest_pending_age
 
 
 def _status(outbox: Outbox, args: argparse.Namespace) -> int:
@@ -128,7 +126,7 @@ def _status(outbox: Outbox, args: argparse.Namespace) -> int:
         age = stats.oldest_pending_age
         echo(f"oldest pending: {'-' if age is None else f'{age:.1f}s'}")
     problems = []
-    dead = stats.failed + stats.expired
+    dead = stats.dead_letters
     if dead:
         problems.append(
             f"{dead} dead-lettered entries ({stats.failed} failed, {stats.expired} expired): "
