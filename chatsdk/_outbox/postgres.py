@@ -120,7 +120,11 @@ class PostgresStore:
         self._closed = False
         self._reset_process_state()
         _fork.register(self, order=_fork.ORDER_SQLITE, after_child=PostgresStore.after_fork)
-        self._run(self._migrate)
+        try:
+            self._run(self._migrate)
+        except BaseException:
+            self.close()
+            raise
 
     def _reset_process_state(self) -> None:
         self._pid = os.getpid()
@@ -276,7 +280,10 @@ class PostgresStore:
         while not self._closed and self._pid == pid:
             try:
                 conn = psycopg.connect(
-                    self._url, autocommit=True, connect_timeout=max(1, round(self._timeout))
+                    self._url,
+                    autocommit=True,
+                    connect_timeout=max(1, round(self._timeout)),
+                    application_name=APPLICATION,
                 )
             except psycopg.Error as exc:
                 log.debug("outbox %s: listener cannot connect: %s", self.target, exc)
@@ -296,8 +303,7 @@ class PostgresStore:
             except psycopg.Error as exc:
                 log.info("outbox %s: listener connection lost: %s", self.target, exc)
             finally:
-                if self._pid == pid:
-                    conn.close()
+                conn.close()  # this thread runs in the process that opened it
 
     def _dispatch(self, payload: str) -> None:
         if payload == "q":
@@ -569,10 +575,11 @@ class PostgresStore:
 
     def close(self) -> None:
         """Close the connections (the listener ends within a second); idempotent."""
+        if self._pid != os.getpid():  # forked without the hook: the pool is the parent's
+            self.after_fork()
         with self._lock:
             self._closed = True
             idle, self._idle = self._idle, []
         for conn in idle:
-            if self._pid == os.getpid():
-                conn.close()
+            conn.close()
         self.signals.signal()
