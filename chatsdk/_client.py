@@ -246,6 +246,7 @@ class ChatClient:
         attachments: Iterable[Attachment | Mapping[str, Any]] = (),
         parent_id: str | None = None,
         idempotency_key: str | None = None,
+        connection: Any = None,
     ) -> OutboxEntry[Message]:
         """Queue a message in the outbox; returns once it is committed to disk.
 
@@ -253,27 +254,47 @@ class ChatClient:
         ``Idempotency-Key``, across retries, crashes and restarts. Arguments as
         :meth:`send_message`, validated the same way before any I/O.
 
+        With a PostgreSQL outbox, ``connection`` (a psycopg 3 connection in your open
+        transaction) writes the entry in that transaction without committing it: the
+        message exists, and is delivered, if and only if your transaction commits.
+
         Raises:
             ValidationError: an argument breaks the contract (nothing was queued).
             ConfigurationError: the client has no outbox.
+            OutboxError: the outbox cannot be written (e.g. its database is unreachable).
         """
         body = message_body(channel_id, text, attachments, parent_id)
         key = self._key(idempotency_key)
-        entry = self._queue().enqueue("message", body["channelId"], body, idempotency_key=key)
+        entry = self._queue().enqueue(
+            "message", body["channelId"], body, idempotency_key=key, connection=connection
+        )
         self._enqueued(entry)
         return entry
 
     @operation("queue_reaction")
     def queue_reaction(
-        self, message_id: str, reaction: str, *, idempotency_key: str | None = None
+        self,
+        message_id: str,
+        reaction: str,
+        *,
+        idempotency_key: str | None = None,
+        connection: Any = None,
     ) -> OutboxEntry[Reaction]:
-        """Queue a reaction in the outbox; as :meth:`queue_message`."""
+        """Queue a reaction in the outbox; as :meth:`queue_message` (``connection`` too)."""
         body = reaction_body(message_id, reaction)
         key = self._key(idempotency_key)
         lane = f"reaction/{body['messageId']}"
-        entry = self._queue().enqueue("reaction", lane, body, idempotency_key=key)
+        entry = self._queue().enqueue(
+            "reaction", lane, body, idempotency_key=key, connection=connection
+        )
         self._enqueued(entry)
         return entry
+
+    def stop_draining(self, timeout: float | None = None) -> bool:
+        """Stop this client's outbox drainer: deliveries in flight finish (for at most
+        ``timeout`` seconds), claimed entries not yet started are given back for any other
+        drainer. True when every delivery in flight ended in time."""
+        return True if self._drainer is None else self._drainer.stop(timeout)
 
     def flush(self, timeout: float | None = None) -> FlushResult:
         """Block until the outbox holds no ``queued``/``sending`` entry, whoever queued it.

@@ -107,7 +107,9 @@ class Drainer:
             the drainer resumes the moment that breaker closes.
         workers: deliveries in flight at once (each on its own channel).
         clock: wall clock, the outbox's (leases and due times are wall-clock).
-        poll_interval: the longest sleep between looks at the file (other processes' work).
+        poll_interval: the longest sleep between looks at the store (other processes' work);
+            default the outbox's :attr:`~chatsdk.Outbox.poll_interval` (1 s for SQLite, a
+            slow safety poll for PostgreSQL, whose ``NOTIFY`` wakes the drainer).
         retry: the policy for classification and backoff between deliveries of an entry.
         rand: randomness for the backoff's jitter (inject for tests).
         events: receives ``outbox_delivered`` and ``outbox_dead_lettered`` events (a
@@ -122,13 +124,15 @@ class Drainer:
         breaker_for: Callable[[Operation], _Breaker | None] | None = None,
         workers: int = 4,
         clock: Callable[[], float] = time.time,
-        poll_interval: float = 1.0,
+        poll_interval: float | None = None,
         retry: RetryPolicy | None = None,
         rand: Callable[[], float] = random.random,
         events: Emitter | None = None,
     ) -> None:
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise ValueError(f"workers must be an int >= 1, got {workers!r}")
+        if poll_interval is None:
+            poll_interval = outbox.poll_interval
         if not poll_interval > 0:
             raise ValueError(f"poll_interval must be > 0, got {poll_interval!r}")
         self.outbox = outbox
@@ -148,6 +152,7 @@ class Drainer:
         self._renew_every = outbox.lease_seconds / 3
         self._reset()
         outbox.add_listener(self.notify)
+        outbox.on_remote_work(self.notify)
         outbox.attach(self)
         _fork.register(self, order=_fork.ORDER_CLIENT, after_child=Drainer._after_fork)
 
@@ -273,12 +278,30 @@ class Drainer:
             threads = list(self._threads)
         self._wake.set()
         self.outbox.signal()  # a flush() waiting in another thread gives up now
+        self._give_back()
         for _ in range(self._size):
             self._jobs.put(None)
         deadline = None if timeout is None else time.monotonic() + timeout
         for thread in threads:
             thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         return not any(thread.is_alive() for thread in threads)
+
+    def _give_back(self) -> None:
+        """Release the claimed entries no worker has started: any drainer may take them."""
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                return
+            if job is None:
+                continue
+            try:
+                self.outbox.release(job)
+            except OutboxError as exc:  # its lease runs out instead
+                log.warning("outbox entry %d: not given back: %s", job.id, exc)
+                self.outbox.forget(job)
+            with self._lock:
+                self._inflight -= 1
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -296,6 +319,7 @@ class Drainer:
                 log.error("outbox drainer: %s; entries stay queued", self._died)
 
     def _loop(self) -> None:
+        failures = 0  # in a row: the pause before the next look grows while the store is down
         while True:
             self._wake.clear()
             if self._stopping:
@@ -303,11 +327,13 @@ class Drainer:
             try:
                 self._renew()
                 timeout = self._step()
+                failures = 0
             except OutboxError as exc:
                 if self.outbox.closed:
                     return
-                log.warning("outbox drainer: %s; retrying in %.1fs", exc, self._poll)
-                timeout = self._poll
+                failures += 1
+                timeout = min(self._poll, 0.1 * 2 ** min(failures, 6))
+                log.warning("outbox drainer: %s; retrying in %.1fs", exc, timeout)
             except Exception:  # a bug must not end draining: log it, go on
                 log.exception("outbox drainer: unexpected error; retrying in %.1fs", self._poll)
                 timeout = self._poll

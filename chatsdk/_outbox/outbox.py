@@ -1,4 +1,4 @@
-"""The SQLite offline outbox: a durable, multi-process queue of create operations.
+"""The offline outbox: a durable, multi-process queue of create operations.
 
 An entry holds one operation (kind, wire body, idempotency key, channel), never a base URL
 or an API key: the client that drains it decides where it goes. Entries move through::
@@ -7,21 +7,14 @@ or an API key: the client that drains it decides where it goes. Entries move thr
       ^                  |  \\--fail--> failed      (permanent error, or max_attempts)
       +---reschedule-----+   \\--expire-> expired   (older than max_age)
 
-Claims are atomic across processes (``BEGIN IMMEDIATE``) and carry a lease (owner, wall-clock
-expiry, a random token): an entry whose owner died is taken over when the lease runs out, or
-at once when the owner was a process on this host that no longer exists, and resent with the
-same key. The drainer renews the leases of the deliveries it has in flight
-(:meth:`Outbox.renew_leases`), every outcome is fenced by the claim's token (a stale holder's
-ack changes nothing), and a claim of this process that is no longer in flight here (its
-outcome could not be written) is re-taken once its lease runs out.
-
-Each entry remembers the process that queued it (its *origin*): :meth:`Outbox.wait_idle`
-with ``own=True`` waits only for those, which is what ``ChatClient.close()`` does; the
-entries of a process on this host that exited are adopted by the next one that looks
-(:meth:`Outbox.adopt_orphans`).
-A channel's next entry is never claimable before the previous one left ``queued``/``sending``.
-The background delivery loop lives in :mod:`chatsdk._outbox.drainer`; the SQL statements in
-:mod:`chatsdk._outbox.sql`.
+This module is the facade: it validates, encodes, waits and wakes. The entries live in a
+store (:mod:`chatsdk._outbox.store`): a SQLite file for one host
+(:mod:`chatsdk._outbox.sqlite_store`) or a PostgreSQL table for a fleet
+(:mod:`chatsdk._outbox.postgres`). Claims carry a lease (owner, wall-clock expiry, token):
+an entry whose holder died is taken over when the lease runs out and resent with the same
+key; every outcome is fenced by the token. A channel's next entry is never claimable before
+the previous one left ``queued``/``sending``. The background delivery loop lives in
+:mod:`chatsdk._outbox.drainer`.
 """
 
 from __future__ import annotations
@@ -29,17 +22,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sqlite3
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 from chatsdk import _fork, _instrument
 from chatsdk._errors import OutboxError, WaitTimeoutError
 from chatsdk._models import Message, Reaction
-from chatsdk._outbox import sql
 from chatsdk._outbox.models import (
     Kind,
     Operation,
@@ -48,9 +39,10 @@ from chatsdk._outbox.models import (
     describe_error,
     entry_from_row,
     error_record,
-    row_problem,
 )
-from chatsdk._outbox.sqlite import Database, Durability
+from chatsdk._outbox.sqlite import Durability
+from chatsdk._outbox.sqlite_store import SQLiteStore, owner_alive
+from chatsdk._outbox.store import Follow, Row, Store, parse_target
 
 __all__ = ["Durability", "Follow", "Operation", "Outbox", "OutboxEntry", "OutboxStats"]
 
@@ -60,14 +52,7 @@ log = logging.getLogger(__name__)
 STATUSES = ("queued", "sending", "sent", "failed", "expired")
 TERMINAL = ("sent", "failed", "expired")
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
-_POLL = 1.0  # at most this long between looks at the file for other processes' work
-#: What :meth:`Outbox.ack` and :meth:`Outbox.fail` claim next in the same transaction:
-#: ``"channel"``, the entry's channel's next entry when it is due; ``"any"``, the most
-#: overdue channel head, as :meth:`Outbox.claim` picks them; None, nothing.
-Follow = Literal["channel", "any"] | None
-#: ``os.kill(pid, 0)`` is a liveness probe on POSIX only (on Windows it would end the
-#: process): elsewhere another process's claim is taken over when its lease runs out.
-CAN_PROBE_PIDS = os.name != "nt"
+_POLL = 1.0  # at most this long between looks for other processes' outcomes
 
 
 class _Drainer(Protocol):
@@ -75,43 +60,34 @@ class _Drainer(Protocol):
     def status(self) -> str: ...
 
 
-def _owner_alive(owner: str | None, host: str) -> bool:
-    """False only when ``owner`` was a process on this host that no longer exists."""
-    parts = (owner or "").split(":")
-    if len(parts) != 3 or parts[0] != host or not parts[1].isdigit() or not CAN_PROBE_PIDS:
-        return True
-    try:
-        os.kill(int(parts[1]), 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # EPERM: it exists, under another user
-        return True
-    return True
-
-
 class Outbox:
-    """A durable outbox in one SQLite file, shared safely by threads and processes.
+    """A durable outbox shared safely by threads and processes (and, on PostgreSQL, hosts).
 
     Args:
-        path: the database file; created (mode 0600, with its ``-wal``/``-shm``) if missing.
-        durability: ``"normal"`` survives a process crash (``synchronous=NORMAL``);
-            ``"full"`` also survives power loss (``synchronous=FULL``).
-        lease_seconds: how long a claim stays exclusive before another process may take over.
+        target: a file path or ``sqlite:///path`` (one SQLite file: created mode 0600 with
+            its ``-wal``/``-shm`` if missing), or a ``postgresql://`` URL (a table there,
+            created and migrated as needed; needs ``chatsdk[postgres]``).
+        durability: SQLite only: ``"normal"`` survives a process crash
+            (``synchronous=NORMAL``); ``"full"`` also survives power loss.
+        lease_seconds: how long a claim stays exclusive without renewal before another
+            process may take over.
         max_attempts: deliveries before a transiently failing entry is ``failed``; ``None``
             retries until ``max_age``.
         max_age: seconds after which an undelivered entry becomes ``expired`` (default 23 h,
             under the server's 24 h idempotency-key retention).
         sent_retention: seconds a ``sent`` entry is kept (for ``wait()``) before pruning.
         clock: wall clock for timestamps and leases (shared between processes).
+        schema, table: PostgreSQL only: where the entries live (default ``chatsdk.outbox``).
 
     Raises:
+        ConfigurationError: ``target`` is a URL of another scheme than sqlite/postgresql.
         OutboxCorruptError: the file is corrupt or not an outbox; it was moved aside.
-        OutboxError: the file was written by a newer chatsdk, or cannot be opened.
+        OutboxError: written by a newer chatsdk, or cannot be opened / reached.
     """
 
     def __init__(
         self,
-        path: str | os.PathLike[str],
+        target: str | os.PathLike[str],
         *,
         durability: Durability = "normal",
         lease_seconds: float = 30.0,
@@ -119,6 +95,8 @@ class Outbox:
         max_age: float = 82800.0,
         sent_retention: float = 3600.0,
         clock: Callable[[], float] = time.time,
+        schema: str | None = None,
+        table: str | None = None,
     ) -> None:
         if durability not in ("normal", "full"):
             raise ValueError(f"durability must be 'normal' or 'full', got {durability!r}")
@@ -128,17 +106,45 @@ class Outbox:
             isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1
         ):
             raise ValueError(f"max_attempts must be an int >= 1 or None, got {max_attempts!r}")
-        self.path = os.path.abspath(os.fspath(path))
+        kind, where = parse_target(target)
+        lease, age, retention = float(lease_seconds), float(max_age), float(sent_retention)
+        self._store: Store
+        if kind == "postgresql":
+            try:
+                from chatsdk._outbox.postgres import PostgresStore  # noqa: PLC0415 - optional extra
+            except ImportError as exc:  # pragma: no cover - the extra is in the test env
+                raise OutboxError(
+                    "a PostgreSQL outbox needs psycopg 3: pip install 'chatsdk[postgres]'"
+                ) from exc
+            self._store = PostgresStore(
+                where,
+                schema=schema,
+                table=table,
+                lease_seconds=lease,
+                max_age=age,
+                sent_retention=retention,
+            )
+        else:
+            if schema is not None or table is not None:
+                raise ValueError("schema= and table= apply to a PostgreSQL outbox only")
+            self._store = SQLiteStore(
+                os.path.abspath(where),
+                durability=durability,
+                lease_seconds=lease,
+                max_age=age,
+                sent_retention=retention,
+            )
+        self.backend = kind
+        self.path = self._store.target
         self.durability: Durability = durability
         self.lease_seconds = float(lease_seconds)
         self.max_attempts = max_attempts
         self.max_age = float(max_age)
         self.sent_retention = float(sent_retention)
         self._clock = clock
-        self._db = Database(self.path, durability)
-        self._run = self._db.run
         self._listeners: list[Callable[[], None]] = []
         self._drainers: list[_Drainer] = []
+        self._signals = self._store.signals
         self._reset()
         _fork.register(
             self,
@@ -157,12 +163,23 @@ class Outbox:
     def _reset(self) -> None:
         """Process state: at construction, and in a forked child (the claims were the parent's)."""
         self._lock = threading.Lock()
-        self._held: set[str] = set()  # lease tokens of this process's deliveries in flight
+        self._store.held.clear()
+
+    @property
+    def _held(self) -> set[str]:
+        """Lease tokens of this process's deliveries in flight (the store keeps them)."""
+        return self._store.held
 
     @property
     def owner(self) -> str:
         """This process's lease owner id (``host:pid:random``; a forked child gets a new one)."""
-        return self._db.owner
+        return self._store.owner
+
+    @property
+    def poll_interval(self) -> float:
+        """The longest a drainer should sleep between looks: 1 s for SQLite; for PostgreSQL
+        a slow safety poll, since other processes' work wakes it (``LISTEN/NOTIFY``)."""
+        return self._store.poll_interval
 
     # -- public API ------------------------------------------------------------------------
 
@@ -175,6 +192,7 @@ class Outbox:
         """Stop calling ``callback`` (a closed client's drainer); unknown ones are ignored."""
         with self._lock:
             self._listeners = [c for c in self._listeners if c != callback]
+        self._store.off_wake(callback)
 
     def attach(self, drainer: _Drainer) -> None:
         """Report ``drainer``'s :attr:`status` in :meth:`stats` (until :meth:`detach`)."""
@@ -185,6 +203,11 @@ class Outbox:
         """Stop reporting ``drainer``."""
         with self._lock:
             self._drainers = [d for d in self._drainers if d is not drainer]
+
+    def on_remote_work(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` when any process may have queued work: on PostgreSQL each
+        ``NOTIFY`` (and each reconnect of the listener); on SQLite never (drainers look)."""
+        self._store.on_wake(callback)
 
     def _notify(self) -> None:
         for listener in self._listeners:  # a snapshot: the list is replaced, never mutated
@@ -197,15 +220,22 @@ class Outbox:
         body: dict[str, Any],
         *,
         idempotency_key: str | None = None,
+        connection: Any = None,
     ) -> OutboxEntry[Any]:
         """Store one operation durably; returns after the commit.
 
         A key already in the outbox with the same kind and body returns that entry, so a
         rerun that queues under deterministic keys queues nothing twice.
 
+        Args:
+            connection: PostgreSQL only: a psycopg 3 connection in the caller's open
+                transaction. The entry is written on it and NOT committed: it exists (and
+                is delivered, by any drainer) if and only if the caller commits.
+
         Raises:
             ValueError: ``kind`` is unknown, or the key is in use for a different operation.
-            OutboxError: the file cannot be written.
+            TypeError: ``connection`` is not a psycopg 3 connection, or the outbox is SQLite.
+            OutboxError: the store cannot be written (e.g. the database is unreachable).
         """
         if kind not in ("message", "reaction"):
             raise ValueError(f"kind must be 'message' or 'reaction', got {kind!r}")
@@ -215,43 +245,36 @@ class Outbox:
         tracer = _instrument.tracer
         carrier = None if tracer is None else tracer.carrier()
         context = None if carrier is None else _ENCODER.encode(carrier)
-
-        def insert(conn: sqlite3.Connection) -> OutboxEntry[Any]:
-            values = (kind, channel, key, text, now, now, self.owner, context)
-            try:
-                row_id = conn.execute(sql.INSERT, values).lastrowid
-            except sqlite3.IntegrityError:
-                row = conn.execute(sql.BY_KEY, (key,)).fetchone()
-                if (row[1], row[2], row[4]) != (kind, channel, text):
-                    raise ValueError(
-                        f"idempotency key {key!r} is already used by outbox entry {row[0]} "
-                        "for a different operation"
-                    ) from None
-                return entry_from_row(self, row)
-            op = Operation(kind=kind, body=body, idempotency_key=key, channel=channel)
-            return OutboxEntry(
-                id=int(row_id or 0),
-                idempotency_key=key,
-                status="queued",
-                attempts=0,
-                last_error=None,
-                operation=op,
-                created_at=now,
-                next_attempt_at=now,
-                outbox=self,
-                trace_context=carrier,
-            )
-
-        entry = self._run(insert, write=False)  # one INSERT: SQLite's implicit transaction
-        self._notify()
+        row, entry_id = self._store.insert(
+            kind, channel, key, text, now, context, connection=connection
+        )
+        if row is not None:
+            if (row[1], row[2], row[4]) != (kind, channel, text):
+                raise ValueError(
+                    f"idempotency key {key!r} is already used by outbox entry {row[0]} "
+                    "for a different operation"
+                )
+            return entry_from_row(self, row)
+        op = Operation(kind=kind, body=body, idempotency_key=key, channel=channel)
+        entry: OutboxEntry[Any] = OutboxEntry(
+            id=entry_id,
+            idempotency_key=key,
+            status="queued",
+            attempts=0,
+            last_error=None,
+            operation=op,
+            created_at=now,
+            next_attempt_at=now,
+            outbox=self,
+            trace_context=carrier,
+        )
+        if connection is None:  # otherwise the caller's commit NOTIFYs the drainers
+            self._notify()
         return entry
 
     def get(self, entry_id: int) -> OutboxEntry[Any] | None:
-        """The entry as the file has it now, or None when there is no such entry."""
-        row = self._run(
-            lambda c: c.execute(sql.BY_ID, (entry_id,)).fetchone(),
-            write=False,
-        )
+        """The entry as the store has it now, or None when there is no such entry."""
+        row = self._store.get(entry_id)
         return None if row is None else entry_from_row(self, row)
 
     def entries(
@@ -261,26 +284,13 @@ class Outbox:
         if status is not None and status not in STATUSES:
             raise ValueError(f"status must be one of {', '.join(STATUSES)}; got {status!r}")
         self.expire()
-        query = sql.SELECT
-        args: tuple[Any, ...] = ()
-        if status is not None:
-            query, args = query + " WHERE status = ?", (status,)
-        query += " ORDER BY id LIMIT ?"
-        args += (-1 if limit is None else limit,)
-        rows = self._run(lambda c: c.execute(query, args).fetchall(), write=False)
-        return [entry_from_row(self, row) for row in rows]
+        return [entry_from_row(self, row) for row in self._store.rows(status, limit)]
 
     def stats(self) -> OutboxStats:
         """Counts per status and the oldest pending entry's age, after expiring old entries."""
         self.expire()
-
-        def read(conn: sqlite3.Connection) -> tuple[list[Any], Any]:
-            counts = conn.execute("SELECT status, count(*) FROM entries GROUP BY status")
-            oldest = conn.execute(sql.OLDEST_PENDING)
-            return counts.fetchall(), oldest.fetchone()[0]
-
-        counts, oldest = self._run(read, write=False)
-        known = {status: n for status, n in counts if status in STATUSES}
+        counts, oldest = self._store.counts()
+        known = {status: n for status, n in counts.items() if status in STATUSES}
         age = None if oldest is None else max(0.0, self._clock() - oldest)
         statuses = [d.status for d in self._drainers]
         drainer = next((s for s in statuses if s != "running"), "running" if statuses else None)
@@ -288,15 +298,14 @@ class Outbox:
 
     def has_pending(self) -> bool:
         """True while an entry is ``queued`` or ``sending``, in any process (one index probe)."""
-        return bool(self._run(lambda c: c.execute(sql.HAS_PENDING).fetchone()[0], write=False))
+        return self._store.has_pending()
 
     def pending_count(self, *, own: bool = False) -> int:
         """Entries ``queued`` or ``sending``, in every process.
 
         With ``own``, only those this process queued (or adopted from a process that exited).
         """
-        query, args = (sql.COUNT_ORIGIN, (self.owner,)) if own else (sql.COUNT_PENDING, ())
-        return int(self._run(lambda c: c.execute(query, args).fetchone()[0], write=False))
+        return self._store.pending_count(self.owner, own=own)
 
     def adopt_orphans(self) -> int:
         """Make this process the origin of the pending entries of processes that exited.
@@ -305,13 +314,9 @@ class Outbox:
         recorded) left entries nobody waits for; after this, this process's ``close()``
         waits for them too. Returns how many entries were adopted.
         """
-
-        def adopt(conn: sqlite3.Connection) -> int:
-            origins = [row[0] for row in conn.execute(sql.ORIGINS).fetchall()]
-            dead = [o for o in origins if o is None or not _owner_alive(o, self._db.host)]
-            return sum(conn.execute(sql.ADOPT, (self.owner, o)).rowcount for o in dead)
-
-        count = self._run(adopt)
+        host = self._store.host
+        dead = [o for o in self._store.origins() if o is None or not owner_alive(o, host)]
+        count = self._store.adopt(dead) if dead else 0
         if count:
             log.info("outbox %s: adopted %d entries of processes that exited", self.path, count)
         return count
@@ -327,25 +332,21 @@ class Outbox:
         Raises:
             OutboxError: no such entry, or it is not in a state that can be retried.
         """
-        now = self._clock()
 
-        def requeue(conn: sqlite3.Connection) -> OutboxEntry[Any]:
-            entry = conn.execute(sql.BY_ID, (entry_id,)).fetchone()
-            if entry is None:
+        def new_key(row: Row | None) -> str:
+            if row is None:
                 raise OutboxError(f"no outbox entry {entry_id}")
-            old = entry_from_row(self, entry)
+            old = entry_from_row(self, row)
             if old.status not in ("failed", "expired") or (
                 old.status == "expired" and old.possibly_delivered
             ):
                 raise OutboxError(f"outbox entry {entry_id} is {old.status}; cannot retry it")
             rejected = old._error is not None and old._error.get("status") is not None
-            key = (
-                str(uuid.uuid4()) if rejected or not old.possibly_delivered else old.idempotency_key
-            )
-            conn.execute(sql.REQUEUE, (key, now, now, entry_id))
-            return entry_from_row(self, conn.execute(sql.BY_ID, (entry_id,)).fetchone())
+            if rejected or not old.possibly_delivered:
+                return str(uuid.uuid4())
+            return old.idempotency_key
 
-        entry = self._run(requeue)
+        entry = entry_from_row(self, self._store.requeue(entry_id, self._clock(), new_key))
         self._notify()
         return entry
 
@@ -359,17 +360,14 @@ class Outbox:
         bad = [s for s in wanted if s not in TERMINAL]
         if bad or not wanted:
             raise ValueError(f"purge takes statuses among {', '.join(TERMINAL)}; got {bad}")
-        return self._run(
-            lambda c: sum(
-                c.execute("DELETE FROM entries WHERE status = ?", (s,)).rowcount for s in wanted
-            )
-        )
+        return self._store.purge(wanted)
 
     def wait(self, entry_id: int, timeout: float | None = None) -> Message | Reaction:
         """Block until entry ``entry_id`` is finished; see :meth:`OutboxEntry.wait`."""
+        self._store.watch()
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            seen = self._db.generation  # before the read: a change after it ends the wait
+            seen = self._signals.generation  # before the read: a change after it ends the wait
             entry = self.get(entry_id)
             if entry is None:
                 raise OutboxError(f"outbox entry {entry_id} is no longer in the outbox")
@@ -381,7 +379,7 @@ class Outbox:
                 raise WaitTimeoutError(
                     f"outbox entry {entry_id} still {entry.status} after {timeout}s"
                 )
-            self._db.wait_changed(seen, min(_POLL, remaining))
+            self._signals.wait_changed(seen, min(_POLL, remaining))
 
     def wait_idle(
         self,
@@ -395,30 +393,31 @@ class Outbox:
         ``give_up()``, checked at every wake-up, ends the wait early with False. With
         ``own``, only the entries this process queued count (see :meth:`pending_count`).
         """
+        self._store.watch()
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             # Read before the query: a change after it ends the wait. Only changes that may
             # leave nothing pending wake this waiter, not every delivery of a busy drain.
-            seen = self._db.settled_generation
+            seen = self._signals.settled_generation
             if not (self.pending_count(own=True) if own else self.has_pending()):
                 return True
             remaining = _POLL if deadline is None else deadline - time.monotonic()
             if remaining <= 0 or (give_up is not None and give_up()):
                 return False
-            self._db.wait_changed(seen, min(_POLL, remaining), settled=True)
+            self._signals.wait_changed(seen, min(_POLL, remaining), settled=True)
 
     def signal(self) -> None:
         """Wake this process's threads blocked in :meth:`wait` or :meth:`wait_idle`."""
-        self._db.signal()
+        self._signals.signal()
 
     @property
     def closed(self) -> bool:
         """True after :meth:`close`."""
-        return self._db.closed
+        return self._store.closed
 
     def close(self) -> None:
-        """Close the connection; later calls raise :class:`OutboxError`. Idempotent."""
-        self._db.close()
+        """Close the store's connections; later calls raise :class:`OutboxError`. Idempotent."""
+        self._store.close()
 
     def __enter__(self) -> Outbox:
         return self
@@ -427,113 +426,29 @@ class Outbox:
         self.close()
 
     def __repr__(self) -> str:
+        if self.backend == "postgresql":
+            return f"<Outbox {self.path}>"
         return f"<Outbox {self.path} durability={self.durability}>"
 
     # -- the drainer's side ----------------------------------------------------------------
 
     def claim(self, limit: int) -> tuple[list[OutboxEntry[Any]], float | None]:
-        """Claim up to ``limit`` due channel heads for this process (``BEGIN IMMEDIATE``).
+        """Claim up to ``limit`` due channel heads for this process, under new leases.
 
         Returns the claimed entries (now ``sending`` under this process's lease) and the
         wall-clock time the next unclaimed head becomes due (None when there is none).
         """
-        return self._run(lambda conn: self._take(conn, limit, self._clock()))
-
-    def _take(
-        self, conn: sqlite3.Connection, limit: int, now: float
-    ) -> tuple[list[OutboxEntry[Any]], float | None]:
-        """:meth:`claim`'s work, inside the caller's ``BEGIN IMMEDIATE`` transaction."""
-        owner = self.owner
-        # Raw rows: only the heads actually claimed are decoded into entries.
-        heads = conn.execute(sql.HEADS).fetchall()
-        if any(row[sql.CREATED] <= now - self.max_age for row in heads):
-            self._expire(conn, now)
-            heads = conn.execute(sql.HEADS).fetchall()
-        claimed: list[OutboxEntry[Any]] = []
-        next_due: float | None = None
-        for row in heads:
-            if row[sql.STATUS] == "queued":
-                due = row[sql.NEXT_AT]
-            elif row[sql.TOKEN] in self._held:
-                continue  # ours, in flight (its lease is renewed)
-            elif row[sql.OWNER] == owner or _owner_alive(row[sql.OWNER], self._db.host):
-                # Ours but no longer in flight here (its outcome could not be written), or
-                # another live process's: taken over when the lease runs out.
-                due = row[sql.LEASE_EXPIRES] or 0.0
-            else:
-                due = now
-            if due <= now and len(claimed) < limit:
-                entry = self._claim_row(conn, row, now)
-                if entry is not None:
-                    claimed.append(entry)
-            elif next_due is None or due < next_due:
-                next_due = due
-        return claimed, next_due
-
-    def _claim_row(
-        self, conn: sqlite3.Connection, row: tuple[Any, ...], now: float
-    ) -> OutboxEntry[Any] | None:
-        """Claim the entry of ``row`` (a due head) for this process; returns it as claimed.
-
-        A row that cannot be decoded becomes a dead letter with the reason (None is
-        returned), so it never stops its channel nor the drainer.
-        """
-        problem = row_problem(row)
-        if problem is not None:
-            record = {"type": "OutboxError", "message": f"undecodable entry: {problem}"}
-            conn.execute(sql.DEAD_LETTER, (now, describe_error(record), json.dumps(record), row[0]))
-            log.error("outbox %s: entry %d is a dead letter: %s", self.path, row[0], problem)
-            return None
-        owner, expires, token = self.owner, now + self.lease_seconds, uuid.uuid4().hex
-        conn.execute(sql.CLAIM, (owner, expires, token, row[0]))
-        claimed = list(row)
-        claimed[sql.STATUS], claimed[sql.ATTEMPTS] = "sending", row[sql.ATTEMPTS] + 1
-        claimed[sql.OWNER], claimed[sql.LEASE_EXPIRES] = owner, expires
-        claimed[sql.TOKEN] = token
-        with self._lock:
-            self._held.add(token)
-        return entry_from_row(self, tuple(claimed))
+        rows, next_due = self._store.claim(limit, self._clock())
+        return [entry_from_row(self, row) for row in rows], next_due
 
     def renew_leases(self) -> int:
         """Extend the lease of every delivery this process has in flight; returns how many."""
-        with self._lock:
-            tokens = list(self._held)
-        if not tokens:
-            return 0
-        expires = self._clock() + self.lease_seconds
-        return self._run(
-            lambda c: c.executemany(sql.RENEW, [(expires, t) for t in tokens]).rowcount
-        )
+        return self._store.renew(self._clock() + self.lease_seconds)
 
-    def forget(self, entry: OutboxEntry[Any]) -> None:
-        """``entry`` is no longer in flight here (its outcome is recorded, or cannot be).
-
-        Its lease is no longer renewed; when no outcome was written the claim is re-taken,
-        by this process or another, once the lease runs out.
-        """
-        with self._lock:
-            self._held.discard(entry.lease_token or "")
-
-    def _follow(
-        self, conn: sqlite3.Connection, entry: OutboxEntry[Any], follow: Follow, now: float
-    ) -> OutboxEntry[Any] | None:
-        """After ``entry``'s outcome, in the same transaction: claim what ``follow`` asks."""
-        if follow == "any":
-            claimed, _ = self._take(conn, 1, now)
-            return claimed[0] if claimed else None
-        if follow is None:
-            return None
-        row = conn.execute(sql.CHANNEL_HEAD, (entry.operation.channel,)).fetchone()
-        # Only a queued, due, unexpired head: anything else (a backoff, another process's
-        # lease, an entry to expire) is the loop's to sort out, as it is for every head.
-        if (
-            row is None
-            or row[sql.STATUS] != "queued"
-            or row[sql.NEXT_AT] > now
-            or row[sql.CREATED] <= now - self.max_age
-        ):
-            return None
-        return self._claim_row(conn, row, now)
+    def _claimed(self, row: Row | None) -> OutboxEntry[Any] | None:
+        claimed = None if row is None else entry_from_row(self, row)
+        self._signals.signal(settled=claimed is None)
+        return claimed
 
     def ack(
         self, entry: OutboxEntry[Any], response: dict[str, Any], *, follow: Follow = None
@@ -545,19 +460,16 @@ class Outbox:
         its channel for one commit per message. A claim that is no longer ours (taken over
         after its lease ran out) is left as it is.
         """
-        text = _ENCODER.encode(response)
-
-        def record(conn: sqlite3.Connection) -> OutboxEntry[Any] | None:
-            now = self._clock()
-            self._fenced(conn.execute(sql.ACK, (now, text, *_fence(entry))).rowcount, entry)
-            return self._follow(conn, entry, follow, now)
-
-        try:
-            claimed = self._run(record)
-        finally:
-            self.forget(entry)
-        self._db.signal(settled=claimed is None)
-        return claimed
+        applied, row = self._store.ack(
+            entry.id,
+            entry.lease_token,
+            entry.operation.channel,
+            _ENCODER.encode(response),
+            self._clock(),
+            follow,
+        )
+        self._fenced(applied, entry)
+        return self._claimed(row)
 
     def fail(
         self, entry: OutboxEntry[Any], error: BaseException, *, follow: Follow = None
@@ -590,23 +502,22 @@ class Outbox:
             self._finish(entry, "failed", record, possibly_delivered=True)
             return True
         when = self._clock() + max(0.0, delay)
-        args = (when, describe_error(record), json.dumps(record), *_fence(entry))
-        try:
-            self._run(lambda c: self._fenced(c.execute(sql.RESCHEDULE, args).rowcount, entry))
-        finally:
-            self.forget(entry)
-        self._db.signal()
+        error_text = (describe_error(record), json.dumps(record))
+        self._fenced(self._store.reschedule(entry.id, entry.lease_token, when, error_text), entry)
+        self._signals.signal()
         return False
 
     def release(self, entry: OutboxEntry[Any]) -> None:
         """Give a claim back untouched (nothing was sent): ``queued``, attempt not counted."""
-        try:
-            self._run(lambda c: self._fenced(c.execute(sql.RELEASE, _fence(entry)).rowcount, entry))
-        finally:
-            self.forget(entry)
+        self._fenced(self._store.release(entry.id, entry.lease_token), entry)
 
-    def _fenced(self, rowcount: int, entry: OutboxEntry[Any]) -> None:
-        if not rowcount:
+    def forget(self, entry: OutboxEntry[Any]) -> None:
+        """``entry`` is no longer in flight here though no outcome could be written: its
+        lease is no longer renewed, and any drainer re-takes it once the lease runs out."""
+        self._store.forget(entry.lease_token)
+
+    def _fenced(self, applied: bool, entry: OutboxEntry[Any]) -> None:
+        if not applied:
             log.warning(
                 "outbox entry %d: outcome not recorded, the claim is no longer ours "
                 "(its lease ran out and another claim took it over)",
@@ -618,26 +529,14 @@ class Outbox:
 
         Delays the server asked for (``Retry-After``) are kept. Returns how many moved.
         """
-        now = self._clock()
-        return self._run(lambda c: c.execute(sql.EXPEDITE, (now, now)).rowcount)
+        return self._store.expedite(self._clock())
 
     def expire(self) -> int:
         """Mark entries older than ``max_age`` ``expired``; prune old ``sent`` entries."""
-        count = self._run(lambda c: self._expire(c, self._clock()))
+        count = self._store.expire(self._clock())
         if count:
-            self._db.signal()
+            self._signals.signal()
         return count
-
-    def _expire(self, conn: sqlite3.Connection, now: float) -> int:
-        record = {"type": "OutboxEntryExpiredError", "message": f"max_age {self.max_age:g}s"}
-        text = f"expired undelivered after max_age {self.max_age:g}s"
-        count = conn.execute(
-            sql.EXPIRE, (now, text, json.dumps(record), now - self.max_age, now)
-        ).rowcount
-        if count:
-            log.warning("outbox %s: %d entries expired undelivered", self.path, count)
-        conn.execute(sql.PRUNE_SENT, (now - self.sent_retention,))
-        return int(count)
 
     def _finish(
         self,
@@ -648,21 +547,15 @@ class Outbox:
         possibly_delivered: bool,
         follow: Follow = None,
     ) -> OutboxEntry[Any] | None:
-        args = (describe_error(record), json.dumps(record), possibly_delivered, *_fence(entry))
-
-        def finish(conn: sqlite3.Connection) -> OutboxEntry[Any] | None:
-            now = self._clock()
-            self._fenced(conn.execute(sql.FINISH, (status, now, *args)).rowcount, entry)
-            return self._follow(conn, entry, follow, now)
-
-        try:
-            claimed = self._run(finish)
-        finally:
-            self.forget(entry)
-        self._db.signal(settled=claimed is None)
-        return claimed
-
-
-def _fence(entry: OutboxEntry[Any]) -> tuple[Any, ...]:
-    """The parameters of the claim-still-ours condition, for a claimed entry."""
-    return (entry.id, entry.lease_token)
+        applied, row = self._store.finish(
+            entry.id,
+            entry.lease_token,
+            entry.operation.channel,
+            status,
+            (describe_error(record), json.dumps(record)),
+            possibly_delivered,
+            self._clock(),
+            follow,
+        )
+        self._fenced(applied, entry)
+        return self._claimed(row)

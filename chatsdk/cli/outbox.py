@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
+import threading
 import time
 from typing import Any
 
 from chatsdk._errors import OutboxError
 from chatsdk._outbox.outbox import STATUSES, TERMINAL, Outbox, OutboxStats
+from chatsdk._outbox.store import parse_target
 from chatsdk.cli._config import (
     OUTBOX_ENV,
     add_client_options,
@@ -91,6 +94,18 @@ def add_parser(subparsers: Any) -> None:
     drain = add_command(actions, "drain", help="deliver what is queued, with a progress bar")
     drain.add_argument("--timeout", type=seconds, default=None, help="give up after S seconds")
     drain.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    drain.add_argument(
+        "--forever",
+        action="store_true",
+        help="a worker: keep draining until SIGTERM/SIGINT (then finish in-flight, exit 0)",
+    )
+    drain.add_argument(
+        "--grace",
+        type=seconds,
+        default=30.0,
+        metavar="S",
+        help="with --forever: how long deliveries in flight may take to finish at SIGTERM",
+    )
     add_client_options(drain)
     parser.set_defaults(func=run, client_command=True)
 
@@ -106,7 +121,7 @@ def _run(args: argparse.Namespace) -> int:
         raise CommandError(CONFIG, f"no outbox file: pass --path or set ${PATH_ENV}")
     if args.action == "drain":
         return _drain(args)
-    if not os.path.exists(args.path):
+    if parse_target(args.path)[0] == "sqlite" and not os.path.exists(args.path):
         raise CommandError(CONFIG, f"{args.path}: no such file")
     with Outbox(args.path) as outbox:
         return _ACTIONS[args.action](outbox, args)
@@ -185,12 +200,34 @@ def _purge(outbox: Outbox, args: argparse.Namespace) -> int:
     return 0
 
 
+def _drain_forever(args: argparse.Namespace, config: Any) -> int:
+    """Drain until SIGTERM/SIGINT: in-flight deliveries finish, claimed ones are released."""
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in _STOP_SIGNALS}
+    client = make_client(config, outbox=True)
+    try:
+        echo(f"draining {client.outbox.path if client.outbox else args.path} until SIGTERM")
+        while not stop.wait(3600.0):
+            pass
+        finished = client.stop_draining(args.grace)
+    finally:
+        client.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if not finished:
+        echo(f"deliveries still in flight after {args.grace:g}s; their leases run out", err=True)
+    return 0
+
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _ACTIONS = {"status": _status, "list": _list, "retry": _retry, "purge": _purge}
 
 
 def _drain(args: argparse.Namespace) -> int:
     args.outbox = args.path
     config = load(args, need_outbox=True)
+    if args.forever:
+        return _drain_forever(args, config)
     with Outbox(args.path) as snapshot:  # before the client's drainer starts sending
         before = snapshot.stats()
     client = make_client(config, outbox=True)

@@ -432,14 +432,14 @@ def test_close_in_a_child_leaves_the_parents_connection_alone(
 
 def test_at_fork_reset_reopens_lazily_on_first_use(tmp_path: Path) -> None:
     box = Outbox(tmp_path / "o.db")
-    before, parent_conn = box.owner, box._db._conn
-    box._db.after_fork()  # what the at-fork hook runs in the child
+    before, parent_conn = box.owner, box._store._db._conn
+    box._store._db.after_fork()  # what the at-fork hook runs in the child
     assert box.owner != before
-    assert box._db._conn is None  # nothing opened inside the hook
-    box._db.after_fork()  # a grandchild forked before any use: nothing to abandon
-    assert box._db._conn is None
+    assert box._store._db._conn is None  # nothing opened inside the hook
+    box._store._db.after_fork()  # a grandchild forked before any use: nothing to abandon
+    assert box._store._db._conn is None
     box.enqueue("message", "c1", BODY)
-    assert box._db._conn is not None and box._db._conn is not parent_conn
+    assert box._store._db._conn is not None and box._store._db._conn is not parent_conn
     assert box.pending_count() == 1
     box.close()
     assert parent_conn is not None

@@ -522,3 +522,27 @@ def test_notify_before_start_does_not_start(outbox: Outbox) -> None:
     drainer.notify()
     assert drainer._threads == []
     assert drainer.stop(1)
+
+
+def test_stop_gives_back_claims_no_worker_started(outbox: Outbox) -> None:
+    """SIGTERM for a drain worker: what is claimed but not started goes back, uncounted."""
+    first = outbox.enqueue("message", "c1", {"channelId": "c1", "text": "a"})
+    second = outbox.enqueue("message", "c2", {"channelId": "c2", "text": "b"})
+    drainer = make(outbox, FakeDeliver())
+    drainer._step()  # claims both heads; no worker threads run to take them
+    assert drainer._inflight == 2 and outbox.stats().sending == 2
+    drainer._jobs.put(None)  # a stop sentinel already queued is skipped over
+    real_release = outbox.release
+
+    def release_then_fail(entry: OutboxEntry[Any]) -> None:
+        if entry.id == second.id:
+            raise OutboxError("database is unreachable")
+        real_release(entry)
+
+    outbox.release = release_then_fail  # type: ignore[method-assign]
+    assert drainer.stop(1.0)
+    assert drainer._inflight == 0
+    got = outbox.get(first.id)
+    assert got is not None and (got.status, got.attempts) == ("queued", 0)
+    lost = outbox.get(second.id)  # not given back: its lease runs out instead
+    assert lost is not None and lost.status == "sending" and lost.lease_token not in outbox._held

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-import chatsdk._outbox.outbox as outbox_module
 import chatsdk._outbox.sqlite as db_module
+import chatsdk._outbox.sqlite_store as store_module
 from chatsdk._errors import ConnectError, OutboxError, OutboxFileError
 from chatsdk._outbox.drainer import Drainer
 from chatsdk._outbox.models import Operation, entry_from_row, row_problem
@@ -93,8 +93,8 @@ def test_adopt_orphans_takes_dead_and_unknown_origins_only(outbox: Outbox) -> No
 def test_windows_never_probes_pids(monkeypatch: pytest.MonkeyPatch) -> None:
     killed: list[int] = []
     monkeypatch.setattr(os, "kill", lambda pid, _sig: killed.append(pid))
-    monkeypatch.setattr(outbox_module, "CAN_PROBE_PIDS", False)
-    assert outbox_module._owner_alive("h:999999999:x", "h")
+    monkeypatch.setattr(store_module, "CAN_PROBE_PIDS", False)
+    assert store_module.owner_alive("h:999999999:x", "h")
     assert killed == []  # on Windows os.kill(pid, 0) would have ended the process
 
 
@@ -121,15 +121,15 @@ def test_own_claim_whose_outcome_was_lost_is_retaken_after_its_lease(
 ) -> None:
     entry = outbox.enqueue("message", "c1", body())
     (claimed,), _ = outbox.claim(1)
-    real = outbox._run
+    real = outbox._store._run
 
     def disk_full(fn: Any, *, write: bool = True) -> Any:
         raise OutboxError("database or disk is full")
 
-    monkeypatch.setattr(outbox, "_run", disk_full)
+    monkeypatch.setattr(outbox._store, "_run", disk_full)
     with pytest.raises(OutboxError, match="disk is full"):
         outbox.ack(claimed, response(claimed.operation))
-    monkeypatch.setattr(outbox, "_run", real)
+    monkeypatch.setattr(outbox._store, "_run", real)
     assert outbox.claim(1) == ([], T0 + 30)  # space is back; the lease still runs
     clock.advance(30)
     (again,), _ = outbox.claim(1)
@@ -205,7 +205,9 @@ def test_listing_shows_an_undecodable_row_instead_of_failing(outbox: Outbox) -> 
 
 def test_row_problem_accepts_a_good_row(outbox: Outbox) -> None:
     outbox.enqueue("message", "c1", body())
-    (row,) = outbox._run(lambda c: c.execute(outbox_module.sql.SELECT).fetchall(), write=False)
+    (row,) = outbox._store._run(
+        lambda c: c.execute(store_module.sql.SELECT).fetchall(), write=False
+    )
     assert row_problem(row) is None
     assert entry_from_row(outbox, row).operation.body == body()
 
@@ -265,14 +267,14 @@ def test_rescue_that_fails_midway_keeps_the_old_file(
 ) -> None:
     outbox.enqueue("message", "c1", body())
     os.remove(outbox.path)
-    real_open = outbox._db._open
+    real_open = outbox._store._db._open
 
     def open_then_break() -> sqlite3.Connection:
         conn = real_open()
         conn.execute("DROP TABLE entries")  # the copy's INSERT fails
         return conn
 
-    monkeypatch.setattr(outbox._db, "_open", open_then_break)
+    monkeypatch.setattr(outbox._store._db, "_open", open_then_break)
     with pytest.raises(OutboxError, match="no such table"):
         outbox.pending_count()
     monkeypatch.undo()
@@ -294,13 +296,13 @@ def test_a_busy_wait_does_not_hold_up_the_processs_other_threads(
     holder = sqlite3.connect(box.path, isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock
     writer_waiting = threading.Event()
-    real_sleep = box._db._sleep
+    real_sleep = box._store._db._sleep
 
     def sleep(seconds: float) -> None:
         writer_waiting.set()
         real_sleep(seconds)
 
-    box._db._sleep = sleep
+    box._store._db._sleep = sleep
     done = threading.Event()
 
     def write() -> None:

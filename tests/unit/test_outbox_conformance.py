@@ -1,4 +1,10 @@
-"""Unit tests of the outbox store (chatsdk._outbox.outbox, chatsdk._outbox.models): fake clock."""
+"""The outbox conformance suite: every semantic test runs on SQLite and on PostgreSQL.
+
+Order, leases and fencing, dead letters, expiry, retries, waits: one set of tests
+parametrised over both stores (``backend``), so they cannot drift apart. A fake clock.
+Tests about one store's own machinery live in test_outbox_db.py (the SQLite file) and
+test_outbox_postgres.py.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import json
 import os
 import sqlite3
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +38,8 @@ from chatsdk._outbox.models import (
     describe_error,
     error_record,
 )
-from chatsdk._outbox.outbox import Outbox, _owner_alive
+from chatsdk._outbox.outbox import Outbox
+from chatsdk._outbox.sqlite_store import owner_alive as _owner_alive
 from tests.helpers import FakeClock
 
 T0 = 1_700_000_000.0
@@ -59,11 +67,37 @@ def clock() -> FakeClock:
     return FakeClock(T0)
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
-def outbox(tmp_path: Path, clock: FakeClock) -> Any:
-    box = Outbox(tmp_path / "outbox.db", clock=clock, lease_seconds=30.0, max_age=3600.0)
-    yield box
-    box.close()
+def make_outbox(
+    backend: str, tmp_path: Path, clock: FakeClock, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., Outbox]]:
+    """Outbox(**kwargs) on this test's backend (a file in tmp_path, or a schema of its own)."""
+    made: list[Outbox] = []
+    target: Any = tmp_path / "outbox.db"
+    extra: dict[str, Any] = {}
+    if backend == "postgresql":
+        target = request.getfixturevalue("postgres_url")
+        extra = {"schema": request.getfixturevalue("pg_schema")}
+
+    def make(**kwargs: Any) -> Outbox:
+        kwargs.setdefault("clock", clock)
+        box = Outbox(target, **extra, **kwargs)
+        made.append(box)
+        return box
+
+    yield make
+    for box in made:
+        box.close()
+
+
+@pytest.fixture
+def outbox(make_outbox: Callable[..., Outbox]) -> Outbox:
+    return make_outbox(lease_seconds=30.0, max_age=3600.0)
 
 
 def put(box: Outbox, channel: str = "c1", text: str = "hi", **kw: Any) -> OutboxEntry[Any]:
@@ -71,11 +105,20 @@ def put(box: Outbox, channel: str = "c1", text: str = "hi", **kw: Any) -> Outbox
 
 
 def raw(box: Outbox, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
-    conn = sqlite3.connect(box.path, isolation_level=None)
-    try:
-        return conn.execute(sql, args).fetchall()
-    finally:
-        conn.close()
+    """Run one statement on the store behind ``box`` (``entries`` is its table, ``?`` a value)."""
+    if box.backend == "sqlite":
+        conn = sqlite3.connect(box.path, isolation_level=None)
+        try:
+            return conn.execute(sql, args).fetchall()
+        finally:
+            conn.close()
+    import psycopg
+
+    store: Any = box._store
+    text = sql.replace("?", "%s").replace("entries", f'"{store.schema}"."{store.table}"')
+    with psycopg.connect(store._url, autocommit=True) as pg:
+        cur = pg.execute(text, args)
+        return [tuple(r) for r in cur.fetchall()] if cur.description else []
 
 
 # -- construction -----------------------------------------------------------------------
@@ -246,7 +289,9 @@ def test_live_foreign_lease_blocks_until_expiry(outbox: Outbox, clock: FakeClock
     assert now is not None and (now.status, now.lease_token) == ("sending", claimed[0].lease_token)
 
 
-def test_dead_local_owner_is_taken_over_at_once(outbox: Outbox) -> None:
+def test_dead_local_owner_is_taken_over_at_once(tmp_path: Path, clock: FakeClock) -> None:
+    """SQLite only: a dead process on this host is known dead (PostgreSQL waits the lease)."""
+    outbox = Outbox(tmp_path / "dead.db", clock=clock)
     put(outbox)
     dead = f"{outbox.owner.split(':')[0]}:999999999:abc"
     raw(
@@ -256,6 +301,7 @@ def test_dead_local_owner_is_taken_over_at_once(outbox: Outbox) -> None:
     )
     claimed, _ = outbox.claim(5)
     assert [e.attempts for e in claimed] == [2]
+    outbox.close()
 
 
 def test_owner_alive_rules(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -364,7 +410,7 @@ def test_has_pending(outbox: Outbox) -> None:
 
 
 def test_idle_waiters_sleep_through_outcomes_that_claimed_more(outbox: Outbox) -> None:
-    db = outbox._db
+    db = outbox._signals
     put(outbox, "a", "1"), put(outbox, "a", "2")
     (claimed,), _ = outbox.claim(1)
     changes, settles = db.generation, db.settled_generation
@@ -379,7 +425,7 @@ def test_idle_waiters_sleep_through_outcomes_that_claimed_more(outbox: Outbox) -
 
 def test_waiters_wake_on_a_change_after_their_read(outbox: Outbox) -> None:
     """A signal between a waiter's read of the file and its wait ends the wait at once."""
-    db = outbox._db
+    db = outbox._signals
     seen, settled_seen = db.generation, db.settled_generation
     db.signal()
     db.wait_changed(seen, 60.0)  # would block a minute had the signal been missed
@@ -439,8 +485,10 @@ def test_failed_entry_wait_raises_rebuilt_api_error(
     assert outbox.get(entry.id).last_error == describe_error(error_record(error))  # type: ignore[union-attr]
 
 
-def test_max_attempts_fails_possibly_delivered(tmp_path: Path, clock: FakeClock) -> None:
-    with Outbox(tmp_path / "m.db", clock=clock, max_attempts=2) as box:
+def test_max_attempts_fails_possibly_delivered(
+    make_outbox: Callable[..., Outbox], clock: FakeClock
+) -> None:
+    with make_outbox(max_attempts=2) as box:
         entry = put(box)
         (c1,), _ = box.claim(1)
         box.reschedule(c1, ConnectError("reset"), 0.0)
@@ -505,8 +553,10 @@ def test_expiry_marks_and_flags_possibly_delivered(outbox: Outbox, clock: FakeCl
     assert fresh.created_at == clock.now
 
 
-def test_expire_spares_live_claims_and_prunes_old_sent(tmp_path: Path, clock: FakeClock) -> None:
-    with Outbox(tmp_path / "e.db", clock=clock, max_age=100.0, sent_retention=50.0) as box:
+def test_expire_spares_live_claims_and_prunes_old_sent(
+    make_outbox: Callable[..., Outbox], clock: FakeClock
+) -> None:
+    with make_outbox(max_age=100.0, sent_retention=50.0) as box:
         done, flying = put(box, "a"), put(box, "b")
         claims, _ = box.claim(2)
         box.ack(claims[0], message_json())
@@ -521,8 +571,10 @@ def test_expire_spares_live_claims_and_prunes_old_sent(tmp_path: Path, clock: Fa
             done.wait(0)
 
 
-def test_expire_keeps_entries_in_flight_under_live_lease(tmp_path: Path, clock: FakeClock) -> None:
-    with Outbox(tmp_path / "f.db", clock=clock, max_age=10.0, lease_seconds=100.0) as box:
+def test_expire_keeps_entries_in_flight_under_live_lease(
+    make_outbox: Callable[..., Outbox], clock: FakeClock
+) -> None:
+    with make_outbox(max_age=10.0, lease_seconds=100.0) as box:
         entry = put(box)
         box.claim(1)
         clock.advance(20)

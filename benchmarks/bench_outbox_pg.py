@@ -1,0 +1,209 @@
+"""The PostgreSQL outbox beside bare psycopg loops, in one run against one database.
+
+    python benchmarks/bench_outbox_pg.py [--url postgresql://...]
+
+Without ``--url`` (or ``$CHATSDK_TEST_POSTGRES_URL``) a throwaway server is started
+(``initdb`` in a temp dir, ``fsync=off``). Prints, side by side:
+
+1. enqueue, one commit per row: ``Outbox.enqueue`` vs a bare INSERT+COMMIT loop into a table
+   of the same shape (goal >= 0.8x);
+2. claim+ack with 8 drainer threads: ``Outbox.claim`` + ``ack`` vs a bare
+   ``FOR UPDATE SKIP LOCKED`` claim/update loop of the same batch size (goal >= 0.8x and
+   >= 2,000 claims/s);
+3. p99 latency of ``Outbox.claim`` with 1,000,000 finished rows in the table (goal < 20 ms).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import time
+from typing import Any
+
+import psycopg
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from chatsdk._outbox.outbox import Outbox
+
+ENQUEUES = 3000
+CLAIMS = 8000
+DRAINERS = 8
+BATCH = 4
+CHANNELS = 40
+FINISHED = 1_000_000
+
+BARE_TABLE = """
+CREATE TABLE bare (
+    id bigserial PRIMARY KEY, kind text NOT NULL, channel text NOT NULL,
+    idempotency_key text NOT NULL UNIQUE, body text NOT NULL,
+    status text NOT NULL DEFAULT 'queued', attempts integer NOT NULL DEFAULT 0,
+    created_at double precision NOT NULL, next_attempt_at double precision NOT NULL,
+    lease_owner text, lease_expires_at double precision, lease_token text, origin text,
+    finished_at double precision, last_error text, error text, response text,
+    possibly_delivered boolean NOT NULL DEFAULT false)
+"""
+BODY = '{"channelId":"c","text":"hello","attachments":[],"parentId":null}'
+
+
+def fresh(url: str, schema: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+
+
+def bench_enqueue(url: str) -> tuple[float, float]:
+    fresh(url, "bench_enqueue")
+    box = Outbox(url, schema="bench_enqueue")
+    start = time.perf_counter()
+    for i in range(ENQUEUES):
+        box.enqueue("message", f"c{i % CHANNELS}", {"channelId": "c", "text": "hello"})
+    sdk = ENQUEUES / (time.perf_counter() - start)
+    box.close()
+    with psycopg.connect(url, options="-c search_path=bench_enqueue") as conn:
+        conn.execute(BARE_TABLE)
+        conn.execute("CREATE INDEX ON bare (channel, id) WHERE status IN ('queued','sending')")
+        conn.commit()
+        start = time.perf_counter()
+        for i in range(ENQUEUES):
+            now = time.time()
+            conn.execute(
+                "INSERT INTO bare (kind, channel, idempotency_key, body, created_at,"
+                " next_attempt_at, origin) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                ("message", f"c{i % CHANNELS}", f"k{i}", BODY, now, now, "o"),
+            )
+            conn.commit()
+        bare = ENQUEUES / (time.perf_counter() - start)
+    return sdk, bare
+
+
+def fill(url: str, schema: str, table: str, rows: int) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            f'INSERT INTO "{schema}"."{table}" (kind, channel, idempotency_key, body,'
+            " created_at, next_attempt_at)"
+            f" SELECT 'message', 'c' || (g %% {CHANNELS}), 'k' || g, %s, %s, %s"
+            " FROM generate_series(1, %s) g",
+            (BODY, time.time(), time.time(), rows),
+        )
+
+
+def run_threads(work: Any) -> float:
+    threads = [threading.Thread(target=work) for _ in range(DRAINERS)]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - start
+
+
+def bench_claims(url: str) -> tuple[float, float]:
+    fresh(url, "bench_claim")
+    Outbox(url, schema="bench_claim").close()
+    fill(url, "bench_claim", "outbox", CLAIMS)
+    response = {"id": "m", "channelId": "c", "text": "hello"}
+
+    def drain() -> None:
+        box = Outbox(url, schema="bench_claim")
+        while True:
+            claimed, _ = box.claim(BATCH)
+            if not claimed:
+                if not box.has_pending():
+                    break
+                continue
+            for entry in claimed:
+                box.ack(entry, response)
+        box.close()
+
+    sdk = CLAIMS / run_threads(drain)
+
+    with psycopg.connect(url, autocommit=True, options="-c search_path=bench_claim") as conn:
+        conn.execute(BARE_TABLE)
+        conn.execute("CREATE INDEX ON bare (channel, id) WHERE status IN ('queued','sending')")
+    fill(url, "bench_claim", "bare", CLAIMS)
+
+    def bare_drain() -> None:
+        with psycopg.connect(url, autocommit=True, options="-c search_path=bench_claim") as c:
+            while True:
+                with c.transaction():
+                    rows = c.execute(
+                        "UPDATE bare SET status = 'sending', attempts = attempts + 1,"
+                        " lease_expires_at = %s, lease_token = md5(random()::text)"
+                        " WHERE id IN (SELECT id FROM bare WHERE status = 'queued'"
+                        " ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED) RETURNING id, lease_token",
+                        (time.time() + 30, BATCH),
+                    ).fetchall()
+                if not rows:
+                    break
+                for row_id, token in rows:
+                    with c.transaction():
+                        c.execute(
+                            "UPDATE bare SET status = 'sent', finished_at = %s, response = %s"
+                            " WHERE id = %s AND lease_token = %s",
+                            (time.time(), '{"id":"m"}', row_id, token),
+                        )
+
+    bare = CLAIMS / run_threads(bare_drain)
+    return sdk, bare
+
+
+def bench_latency(url: str) -> list[float]:
+    fresh(url, "bench_latency")
+    box = Outbox(url, schema="bench_latency")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            'INSERT INTO "bench_latency"."outbox" (kind, channel, idempotency_key, body,'
+            " status, created_at, next_attempt_at, finished_at)"
+            " SELECT 'message', 'c' || (g %% 400), 'done' || g, %s, 'sent', %s, %s, %s"
+            " FROM generate_series(1, %s) g",
+            (BODY, time.time(), time.time(), time.time(), FINISHED),
+        )
+        conn.execute('VACUUM ANALYZE "bench_latency"."outbox"')
+    for i in range(2000):
+        box.enqueue("message", f"c{i % CHANNELS}", {"channelId": "c", "text": "x"})
+    samples = []
+    response = {"id": "m", "channelId": "c", "text": "x"}
+    for _ in range(500):
+        start = time.perf_counter()
+        claimed, _ = box.claim(BATCH)
+        samples.append(time.perf_counter() - start)
+        for entry in claimed:
+            box.ack(entry, response)
+    box.close()
+    samples.sort()
+    return samples
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", default=os.environ.get("CHATSDK_TEST_POSTGRES_URL"))
+    args = parser.parse_args()
+    cluster = None
+    url = args.url
+    if not url:
+        from tests.postgres import PostgresCluster  # noqa: PLC0415
+
+        cluster = PostgresCluster()
+        cluster.start()
+        url = cluster.url()
+    try:
+        sdk, bare = bench_enqueue(url)
+        print(f"enqueue (1 commit/row)     sdk {sdk:8.0f}/s  bare {bare:8.0f}/s  "
+              f"ratio {sdk / bare:.2f}x  (goal >= 0.8x)")  # fmt: skip
+        sdk, bare = bench_claims(url)
+        print(f"claim+ack, {DRAINERS} drainers, batch {BATCH}  sdk {sdk:8.0f}/s  bare "
+              f"{bare:8.0f}/s  ratio {sdk / bare:.2f}x  (goal >= 0.8x, >= 2000/s)")  # fmt: skip
+        samples = bench_latency(url)
+        p50, p99 = samples[len(samples) // 2], samples[int(len(samples) * 0.99)]
+        print(f"claim latency, {FINISHED:,} finished rows  p50 {p50 * 1000:.2f} ms  "
+              f"p99 {p99 * 1000:.2f} ms  (goal p99 < 20 ms)")  # fmt: skip
+    finally:
+        if cluster is not None:
+            cluster.stop()
+
+
+if __name__ == "__main__":
+    main()

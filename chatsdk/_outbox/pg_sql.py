@@ -1,0 +1,209 @@
+"""The PostgreSQL outbox's SQL: schema migrations and every statement the store runs.
+
+``{t}`` is the entries table, ``{meta}`` its version table, ``{i_*}`` index names (all
+quoted identifiers, composed by :func:`compose`); values always go in as parameters.
+"""
+
+# ruff: noqa: S608 - identifiers are composed by psycopg.sql.Identifier, values are parameters
+
+from __future__ import annotations
+
+from psycopg import sql
+
+from chatsdk._outbox.models import COLUMNS
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "compose", "migrations", "statements"]
+
+PENDING = "status IN ('queued', 'sending')"  # the partial indexes' condition, verbatim
+FINISHED = "status IN ('sent', 'failed', 'expired')"
+
+# MIGRATIONS[n] takes the schema from version n to n + 1, inside one transaction under
+# an advisory lock; statements split on ";".
+MIGRATIONS = (
+    f"""
+    CREATE TABLE IF NOT EXISTS {{t}} (
+        id bigserial PRIMARY KEY,
+        kind text NOT NULL,
+        channel text NOT NULL,
+        idempotency_key text NOT NULL UNIQUE,
+        body text NOT NULL,
+        status text NOT NULL DEFAULT 'queued',
+        attempts integer NOT NULL DEFAULT 0,
+        created_at double precision NOT NULL,
+        next_attempt_at double precision NOT NULL,
+        lease_owner text,
+        lease_expires_at double precision,
+        lease_token text,
+        origin text,
+        finished_at double precision,
+        last_error text,
+        error text,
+        response text,
+        possibly_delivered boolean NOT NULL DEFAULT false,
+        trace_context text
+    ) WITH (autovacuum_vacuum_scale_factor = 0.02, autovacuum_analyze_scale_factor = 0.02);
+    CREATE INDEX IF NOT EXISTS {{i_pending}} ON {{t}} (channel, id) WHERE {PENDING};
+    CREATE INDEX IF NOT EXISTS {{i_finished}} ON {{t}} (finished_at) WHERE {FINISHED}
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+CREATE_META = """
+CREATE SCHEMA IF NOT EXISTS {schema};
+CREATE TABLE IF NOT EXISTS {meta} (
+    name text PRIMARY KEY,
+    version integer NOT NULL
+)
+"""
+VERSION = "SELECT version FROM {meta} WHERE name = %s"
+SET_VERSION = """
+INSERT INTO {meta} (name, version) VALUES (%s, %s)
+ON CONFLICT (name) DO UPDATE SET version = EXCLUDED.version
+"""
+
+_SELECT = f"SELECT {COLUMNS} FROM {{t}}"
+_RETURNING = f"RETURNING {COLUMNS}"
+# Each channel's head (its oldest pending entry): a skip scan over the distinct channels
+# of the partial index, so finding heads costs O(channels * log n), whatever lies behind.
+_HEADS = f"""
+WITH RECURSIVE chans(c) AS (
+    (SELECT channel FROM {{t}} WHERE {PENDING} ORDER BY channel LIMIT 1)
+    UNION ALL
+    SELECT (SELECT channel FROM {{t}} WHERE {PENDING} AND channel > chans.c
+            ORDER BY channel LIMIT 1)
+    FROM chans WHERE chans.c IS NOT NULL
+), heads AS MATERIALIZED (
+    SELECT h.* FROM chans CROSS JOIN LATERAL (
+        SELECT id, status, next_attempt_at, lease_expires_at, lease_token FROM {{t}}
+        WHERE {PENDING} AND channel = chans.c ORDER BY id LIMIT 1) h
+)"""
+# Due: queued and its time has come, or its lease ran out (its holder died or is cut
+# off). Re-checked on the locked row's newest version, so a head another transaction
+# claimed meanwhile is not claimed twice.
+_DUE_E = (
+    "((e.status = 'queued' AND e.next_attempt_at <= %(now)s)"
+    " OR (e.status = 'sending' AND e.lease_expires_at <= %(now)s"
+    " AND NOT e.lease_token = ANY(%(held)s::text[])))"
+)
+_TAKE = (
+    """
+UPDATE {t} SET status = 'sending', attempts = attempts + 1, lease_owner = %(owner)s,
+    lease_expires_at = %(expires)s, lease_token = md5(random()::text || clock_timestamp())
+FROM picked WHERE {t}.id = picked.pick """
+    + _RETURNING
+)
+CLAIM = f"""{_HEADS}, picked AS (
+    SELECT e.id AS pick FROM heads JOIN {{t}} e ON e.id = heads.id WHERE {_DUE_E}
+    ORDER BY e.next_attempt_at, e.id LIMIT %(limit)s FOR UPDATE OF e SKIP LOCKED
+)
+{_TAKE}"""
+NEXT_DUE = f"""{_HEADS}
+SELECT min(CASE WHEN status = 'queued' THEN next_attempt_at ELSE lease_expires_at END)
+FROM heads WHERE status = 'queued' OR NOT lease_token = ANY(%(held)s::text[])
+"""
+# A worker that just finished its channel's head takes the next one, if due and free.
+CLAIM_CHANNEL = f"""WITH picked AS (
+    SELECT id AS pick FROM {{t}} WHERE id = (
+        SELECT id FROM {{t}} WHERE {PENDING} AND channel = %(channel)s ORDER BY id LIMIT 1)
+    AND status = 'queued' AND next_attempt_at <= %(now)s AND created_at > %(oldest)s
+    FOR UPDATE SKIP LOCKED
+)
+{_TAKE}"""
+# One statement (one round trip, its own transaction when autocommit): the row, and the
+# NOTIFY that wakes every drainer once it commits.
+INSERT = """
+WITH ins AS (
+    INSERT INTO {t} (kind, channel, idempotency_key, body, created_at, next_attempt_at, origin,
+        trace_context)
+    VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (idempotency_key) DO NOTHING RETURNING id
+)
+SELECT id, pg_notify(%s, 'q') FROM ins
+"""
+NOTIFY = "SELECT pg_notify(%s, %s)"
+BY_ID = _SELECT + " WHERE id = %s"
+BY_ID_LOCKED = BY_ID + " FOR UPDATE"
+BY_KEY = _SELECT + " WHERE idempotency_key = %s"
+ALL = _SELECT + " ORDER BY id LIMIT %s"
+WITH_STATUS = _SELECT + " WHERE status = %s ORDER BY id LIMIT %s"
+COUNTS = "SELECT status, count(*) FROM {t} GROUP BY status"
+OLDEST_PENDING = f"SELECT min(created_at) FROM {{t}} WHERE {PENDING}"
+HAS_PENDING = f"SELECT EXISTS (SELECT 1 FROM {{t}} WHERE {PENDING})"
+COUNT_PENDING = f"SELECT count(*) FROM {{t}} WHERE {PENDING}"
+COUNT_ORIGIN = f"SELECT count(*) FROM {{t}} WHERE {PENDING} AND origin IS NOT DISTINCT FROM %s"
+ORIGINS = f"SELECT DISTINCT origin FROM {{t}} WHERE {PENDING}"
+ADOPT = f"UPDATE {{t}} SET origin = %s WHERE {PENDING} AND origin IS NOT DISTINCT FROM %s"
+RENEW = (
+    "UPDATE {t} SET lease_expires_at = %s"
+    " WHERE status = 'sending' AND lease_token = ANY(%s::text[])"
+)
+_FENCE = " WHERE id = %(id)s AND status = 'sending' AND lease_token = %(token)s"
+_CLEAR = "lease_owner = NULL, lease_expires_at = NULL, lease_token = NULL"
+ACK = f"UPDATE {{t}} SET status = 'sent', finished_at = %(now)s, response = %(response)s, {_CLEAR}"
+ACK += _FENCE + " RETURNING channel"
+FINISH = f"""
+UPDATE {{t}} SET status = %(status)s, finished_at = %(now)s, {_CLEAR}, last_error = %(text)s,
+    error = %(record)s, possibly_delivered = %(possibly)s"""
+FINISH += _FENCE + " RETURNING channel"
+RESCHEDULE = f"""
+UPDATE {{t}} SET status = 'queued', next_attempt_at = %(when)s, {_CLEAR},
+    last_error = %(text)s, error = %(record)s"""
+RESCHEDULE += _FENCE
+RELEASE = f"UPDATE {{t}} SET status = 'queued', attempts = attempts - 1, {_CLEAR}" + _FENCE
+DEAD_LETTER = f"""
+UPDATE {{t}} SET status = 'failed', finished_at = %s, {_CLEAR}, last_error = %s, error = %s
+WHERE id = %s"""
+REQUEUE = f"""
+UPDATE {{t}} SET status = 'queued', idempotency_key = %s, attempts = 0, created_at = %s,
+    next_attempt_at = %s, {_CLEAR}, finished_at = NULL, last_error = NULL, error = NULL,
+    possibly_delivered = false WHERE id = %s {_RETURNING}"""
+PURGE = "DELETE FROM {t} WHERE status = ANY(%s::text[])"
+EXPEDITE = """
+UPDATE {t} SET next_attempt_at = %(now)s WHERE status = 'queued' AND next_attempt_at > %(now)s
+AND NOT (coalesce(error, '{{}}')::jsonb ? 'retry_after')"""
+EXPIRE = f"""
+UPDATE {{t}} SET status = 'expired', finished_at = %(now)s, {_CLEAR},
+    possibly_delivered = (attempts > 0), last_error = %(text)s, error = %(record)s
+WHERE {PENDING} AND created_at <= %(oldest)s
+    AND NOT (status = 'sending' AND lease_expires_at > %(now)s)"""
+# Finished rows past the retention go in batches, so no delete holds locks for long.
+PRUNE = """
+DELETE FROM {t} WHERE id IN (
+    SELECT id FROM {t} WHERE status = 'sent' AND finished_at <= %s LIMIT 5000)"""
+
+
+def statements(schema: str, table: str) -> dict[str, sql.Composed]:
+    """Every statement above by name (``"CLAIM"``...), composed for one schema and table.
+
+    ``"MIGRATIONS"`` is not among them: see :func:`migrations`.
+    """
+    names = _names(schema, table)
+    return {
+        name: compose(text, names)
+        for name, text in globals().items()
+        if name.isupper()
+        and isinstance(text, str)
+        and not name.startswith("_")
+        and name not in ("COLUMNS", "PENDING", "FINISHED", "CREATE_META", "SCHEMA_VERSION")
+    }
+
+
+def migrations(schema: str, table: str) -> tuple[list[sql.Composed], list[list[sql.Composed]]]:
+    """The statements creating the version table, and each migration step's statements."""
+    names = _names(schema, table)
+    meta = [compose(part, names) for part in CREATE_META.split(";")]
+    return meta, [[compose(part, names) for part in step.split(";")] for step in MIGRATIONS]
+
+
+def _names(schema: str, table: str) -> dict[str, sql.Identifier]:
+    return {
+        "schema": sql.Identifier(schema),
+        "t": sql.Identifier(schema, table),
+        "meta": sql.Identifier(schema, "chatsdk_schema_versions"),
+        "i_pending": sql.Identifier(f"{table}_pending"),
+        "i_finished": sql.Identifier(f"{table}_finished"),
+    }
+
+
+def compose(text: str, names: dict[str, sql.Identifier]) -> sql.Composed:
+    """``text`` with its ``{name}`` placeholders replaced by quoted identifiers."""
+    return sql.SQL(text).format(**names)

@@ -1,0 +1,213 @@
+"""The PostgreSQL store's own machinery: targets, migrations, connection loss, wake-ups.
+
+The semantics it shares with SQLite are in test_outbox_conformance.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from chatsdk._errors import ConfigurationError, OutboxError
+from chatsdk._outbox.outbox import Outbox
+from chatsdk._outbox.postgres import PostgresStore, redact, split_names
+from chatsdk._outbox.store import parse_target
+from tests.helpers import wait_until
+from tests.postgres import free_port
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        ("/var/lib/x.db", ("sqlite", "/var/lib/x.db")),
+        ("sqlite:///rel/x.db", ("sqlite", "rel/x.db")),
+        ("sqlite:////abs/x.db", ("sqlite", "/abs/x.db")),
+        ("postgresql://h/db", ("postgresql", "postgresql://h/db")),
+        ("postgres://h/db", ("postgresql", "postgres://h/db")),
+    ],
+)
+def test_targets(target: str, expected: tuple[str, str]) -> None:
+    assert parse_target(target) == expected
+
+
+@pytest.mark.parametrize("target", ["mysql://h/db", "postgresq://h/db", "sqlite://x", "sqlite:///"])
+def test_other_schemes_are_configuration_errors_and_create_no_file(
+    target: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigurationError):
+        Outbox(target)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_url_helpers() -> None:
+    assert redact("postgresql://u:secret@h:5433/db") == "postgresql://u@h:5433/db"
+    assert redact("postgresql:///db") == "postgresql:///db"
+    with pytest.raises(ValueError, match="invalid PostgreSQL URL"):
+        redact("postgresql://h/db?nonsense=1")
+    url, names = split_names("postgresql://h/db?sslmode=disable&schema=s&table=t")
+    assert (url, names) == ("postgresql://h/db?sslmode=disable", {"schema": "s", "table": "t"})
+
+
+def test_schema_and_table_are_for_postgresql_only(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="PostgreSQL outbox only"):
+        Outbox(tmp_path / "x.db", schema="s")
+
+
+def test_connection_needs_postgresql_and_psycopg(tmp_path: Path, postgres_url: str) -> None:
+    with Outbox(tmp_path / "x.db") as box, pytest.raises(TypeError, match="PostgreSQL"):
+        box.enqueue("message", "c", {"text": "x"}, connection=object())
+
+
+def test_bad_names_and_non_psycopg_connection(postgres_url: str, pg_schema: str) -> None:
+    with pytest.raises(ValueError, match="table"):
+        Outbox(postgres_url, schema=pg_schema, table="x" * 41)
+    with Outbox(postgres_url, schema=pg_schema) as box:
+        assert repr(box) == f"<Outbox {redact(postgres_url)}>" and box.backend == "postgresql"
+        with pytest.raises(TypeError, match="driver_connection"):
+            box.enqueue("message", "c", {"text": "x"}, connection=object())
+
+
+def test_migration_is_idempotent_and_refuses_a_newer_schema(
+    postgres_url: str, pg_schema: str
+) -> None:
+    Outbox(postgres_url, schema=pg_schema).close()
+    Outbox(postgres_url, schema=pg_schema).close()  # already there: nothing to do
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f'UPDATE "{pg_schema}".chatsdk_schema_versions SET version = 99')
+    with pytest.raises(OutboxError, match="newer than this chatsdk"):
+        Outbox(postgres_url, schema=pg_schema)
+
+
+def test_an_error_on_the_callers_connection_is_an_outbox_error(
+    postgres_url: str, pg_schema: str
+) -> None:
+    with Outbox(postgres_url, schema=pg_schema) as box, psycopg.connect(postgres_url) as conn:
+        with pytest.raises(psycopg.Error):
+            conn.execute("SELECT 1/0")
+        with pytest.raises(OutboxError, match="caller's connection"):  # the tx is aborted
+            box.enqueue("message", "c", {"text": "x"}, connection=conn)
+
+
+def test_unreachable_database_is_an_outbox_error_at_once() -> None:
+    url = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres?connect_timeout=1"
+    with pytest.raises(OutboxError, match="unreachable"):
+        Outbox(url)
+
+
+def test_store_backs_off_while_down_and_reconnects(postgres_url: str, pg_schema: str) -> None:
+    store = PostgresStore(postgres_url, schema=pg_schema)
+    store._url = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
+    for conn in store._idle:
+        conn.close()
+    store._idle.clear()
+    with pytest.raises(OutboxError, match="unreachable"):
+        store.get(1)
+    with pytest.raises(OutboxError, match="next attempt in"):  # backing off: not even tried
+        store.get(1)
+    store._url, store._down_until = split_names(postgres_url)[0], 0.0
+    assert store.get(1) is None  # back
+    store.close()
+    store.close()
+    with pytest.raises(OutboxError, match="closed"):
+        store.get(1)
+
+
+def terminate(url: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE application_name = 'chatsdk-outbox'"
+        )
+
+
+def test_a_server_side_disconnect_is_survived(postgres_url: str, pg_schema: str) -> None:
+    with Outbox(postgres_url, schema=pg_schema) as box:
+        box.enqueue("message", "c", {"text": "1"})
+        terminate(postgres_url)  # the pooled connection dies (a restart, a failover)
+        assert box.enqueue("message", "c", {"text": "2"}).id == 2  # rerun on a new one
+        terminate(postgres_url)
+        assert box.pending_count() == 2
+
+
+def test_a_failure_at_commit_is_not_rerun(
+    postgres_url: str, pg_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = PostgresStore(postgres_url, schema=pg_schema)
+
+    def dies(cur: Any) -> None:
+        cur.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+
+    with pytest.raises(OutboxError, match="connection lost"):
+        store._run(dies)
+    with pytest.raises(OutboxError, match="division by zero"):  # the connection survives
+        store._run(lambda cur: cur.execute("SELECT 1/0"))
+    assert store.get(1) is None
+    store.close()
+
+
+def test_notify_wakes_other_processes_listeners(postgres_url: str, pg_schema: str) -> None:
+    a, b = Outbox(postgres_url, schema=pg_schema), Outbox(postgres_url, schema=pg_schema)
+    woken: list[int] = []
+    b.on_remote_work(lambda: woken.append(1))
+    assert wait_until(lambda: len(woken) == 1)  # the listener's first look after connecting
+    a.enqueue("message", "c", {"text": "x"})
+    assert wait_until(lambda: len(woken) == 2)
+    seen = b._signals.settled_generation
+    (claimed,), _ = a.claim(1)
+    a.ack(claimed, {"id": "m"})
+    assert wait_until(lambda: b._signals.settled_generation > seen)  # "s": settled
+    terminate(postgres_url)  # the listener reconnects and looks again
+    assert wait_until(lambda: len(woken) >= 3)
+    b.remove_listener(woken.append)
+    a.close(), b.close()
+
+
+def test_undecodable_rows_become_dead_letters(postgres_url: str, pg_schema: str) -> None:
+    with Outbox(postgres_url, schema=pg_schema) as box:
+        bad, good = box.enqueue("message", "a", {"t": 1}), box.enqueue("message", "b", {"t": 2})
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            conn.execute(f'UPDATE "{pg_schema}".outbox SET body = %s WHERE id = %s', ("{", bad.id))
+        assert box.renew_leases() == 0  # nothing in flight
+        claimed, _ = box.claim(5)
+        assert [e.id for e in claimed] == [good.id]
+        assert box.renew_leases() == 1
+        dead = box.get(bad.id)
+        assert dead is not None and dead.status == "failed"
+        assert "undecodable" in (dead.last_error or "")
+
+
+def test_a_forked_child_leaves_the_parents_connections_alone(
+    postgres_url: str, pg_schema: str
+) -> None:
+    """As the at-fork hook does in a child (run here in-process): the parent's sockets are
+    pointed at /dev/null, never closed on the server's side, and new ones are opened."""
+    store = PostgresStore(postgres_url, schema=pg_schema)
+    store.watch()
+    assert wait_until(lambda: store._listen_conn is not None)
+    old_owner, inherited = store.owner, list(store._idle)
+    store.held.add("parent's")
+    store._pid = -1  # as if this were the child of the process that made the store
+    assert store.get(1) is None  # noticed on first use: a new connection of its own
+    assert store.owner != old_owner and store.held == set()
+    assert all(conn not in store._idle for conn in inherited)
+    store._pid = -1
+    store.watch()  # the child's own listener
+    store._pid = -1
+    store.close()  # closes nothing it did not open
+
+
+def test_the_listener_retries_until_the_database_answers(postgres_url: str, pg_schema: str) -> None:
+    store = PostgresStore(postgres_url, schema=pg_schema)
+    real = store._url
+    store._url = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
+    woken: list[int] = []
+    store.on_wake(lambda: woken.append(1))
+    wait_until(lambda: False, 0.2)  # a failed attempt or two
+    assert woken == []
+    store._url = real
+    assert wait_until(lambda: woken == [1], 10)
+    store.close()
