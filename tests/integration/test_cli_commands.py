@@ -144,7 +144,8 @@ def test_every_command_under_faults_does_its_job_once(
     assert drained.code == 0, drained.err
     assert [m["text"] for m in server.messages("later")] == ["q0", "q1", "q2"]
     counters = server.counters()
-    assert counters["fault.drop_after"] + counters["fault.server_error"] > 0
+    # The plan did inject faults (which kinds depends on how the processes' requests land).
+    assert sum(v for k, v in counters.items() if k.startswith("fault.")) > 0
 
 
 def test_history_text_and_json_oldest_first(server: ReferenceServer, env: dict[str, str]) -> None:
