@@ -22,25 +22,10 @@ from chatsdk._outbox.models import Operation, entry_from_row, row_problem
 from chatsdk._outbox.outbox import Outbox
 from chatsdk._outbox.sqlite import Database
 from tests.helpers import FakeClock, wait_until
+from tests.unit.test_outbox_drainer import body as _body
+from tests.unit.test_outbox_drainer import response
 
 T0 = 1_700_000_000.0
-
-
-def body(channel: str = "c1", text: str = "hi") -> dict[str, Any]:
-    return {"channelId": channel, "text": text, "attachments": [], "parentId": None}
-
-
-def response(op: Operation) -> dict[str, Any]:
-    return {
-        "id": f"m-{op.idempotency_key}",
-        "channelId": op.channel,
-        "text": op.body["text"],
-        "attachments": [],
-        "parentId": None,
-        "userId": "u",
-        "createdAt": "2024-01-01T00:00:00Z",
-        "updatedAt": None,
-    }
 
 
 @pytest.fixture
@@ -53,6 +38,10 @@ def outbox(tmp_path: Path, clock: FakeClock) -> Iterator[Outbox]:
     box = Outbox(tmp_path / "outbox.db", clock=clock, lease_seconds=30.0)
     yield box
     box.close()
+
+
+def body(channel: str = "c1", text: str = "hi") -> dict[str, Any]:
+    return _body(channel, text)
 
 
 def raw(box: Outbox, statement: str, args: tuple[Any, ...] = ()) -> list[Any]:
