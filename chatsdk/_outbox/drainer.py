@@ -7,7 +7,8 @@ drain in parallel and each channel in order) and hands them to worker threads, w
 - a response: ``sent``;
 - a transient error (the retry module's classification; also a 2xx whose body could not be
   read, resent under the same key so the server replays its answer): ``queued`` again after
-  a backoff, at least the server's ``Retry-After``;
+  a backoff, at least the server's ``Retry-After`` capped by the policy's
+  ``max_retry_after``;
 - :class:`~chatsdk.CircuitBreakerOpenError`: the claim is given back untouched and this
   process's drainer pauses until the breaker's ``retry_after`` (nothing is written to the
   shared file, so other processes keep draining);
@@ -448,7 +449,11 @@ class Drainer:
                 claimed = self.outbox.fail(entry, exc, follow=follow)
                 self._dead_lettered(entry, exc)
                 return claimed
+            # The server's wait is honoured up to the policy's cap, like every other wait:
+            # a Retry-After of 10**8 s must not park the entry past its max_age.
             retry_after = retry_after_of(exc)
+            if retry_after is not None:
+                retry_after = min(retry_after, self._retry.max_retry_after)
             index = min(entry.attempts - 1, 64)
             delay = backoff_for(exc, index, self._retry, self._rand, retry_after)
             log.info(

@@ -13,11 +13,15 @@ import logging
 import os
 import sqlite3
 import stat
+import time
 from pathlib import Path
 
 import pytest
 
+from chatsdk import ChatClient, RetryPolicy
 from chatsdk._outbox.outbox import Outbox
+from tests.helpers import FakeClock, wait_until
+from tests.hostile.outbox_servers import rate_limit_server
 
 TEXT = "body-text-7f3a9c"
 BODY = {"channelId": "c1", "text": TEXT, "attachments": [], "parentId": None}
@@ -25,6 +29,45 @@ BODY = {"channelId": "c1", "text": TEXT, "attachments": [], "parentId": None}
 
 def mode(path: Path) -> int:
     return stat.S_IMODE(os.stat(path).st_mode)
+
+
+# -- row 10: Retry-After: 99999999 --------------------------------------------------------
+
+
+def test_huge_retry_after_is_capped_by_max_retry_after_and_the_entry_delivered_later(
+    tmp_path: Path,
+) -> None:
+    cap = 30.0
+    clock = FakeClock(time.time())
+    box = Outbox(tmp_path / "outbox.db", clock=clock)
+    policy = RetryPolicy(max_retry_after=cap)
+    with (
+        rate_limit_server("99999999") as server,
+        ChatClient(server.url, "test-key", retry=policy, outbox=box) as chat,
+    ):
+        entry = chat.queue_message("c1", TEXT)
+
+        def rescheduled() -> bool:
+            current = box.get(entry.id)
+            return current is not None and current.status == "queued" and current.attempts >= 1
+
+        assert wait_until(rescheduled, timeout=30)
+        current = box.get(entry.id)
+        assert current is not None
+        assert current.last_error is not None and "429" in current.last_error
+        # Rescheduled within the policy's cap, not 10**8 s (3 years) ahead.
+        assert current.next_attempt_at <= clock.now + cap
+        assert server.requests == [(429, entry.idempotency_key)]
+
+        server.recover()
+        clock.advance(cap)
+        assert chat.flush(timeout=30)
+        delivered = box.get(entry.id)
+        assert delivered is not None and delivered.status == "sent"
+        assert entry.wait(timeout=5).text == TEXT
+        # Resent under the same key once the wait was over.
+        assert server.requests == [(429, entry.idempotency_key), (201, entry.idempotency_key)]
+    box.close()
 
 
 # -- row 18: an existing file with mode 0644 ---------------------------------------------
