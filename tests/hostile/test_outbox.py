@@ -272,6 +272,23 @@ def test_flush_is_false_when_entries_really_expired(make_outbox: Callable[..., O
     assert box.drained(0) and box.wait_idle(0)
 
 
+def test_chat_flush_is_falsy_when_the_entry_expired_against_a_rate_limiting_server(
+    tmp_path: Path,
+) -> None:
+    clocks = Clocks()
+    box = Outbox(tmp_path / "outbox.db", clock=clocks.wall, monotonic=clocks.monotonic)
+    with rate_limit_server("5") as server, ChatClient(server.url, "test-key", outbox=box) as chat:
+        entry = chat.queue_message("c1", TEXT)
+        assert wait_until(lambda: len(server.requests) >= 1, timeout=30)
+        clocks.wait(box.max_age + 1)  # rate-limited for a whole day: really too late
+        result = chat.flush(timeout=30)
+        assert not result
+        assert (result.pending, result.expired) == (0, 1)
+        expired = box.get(entry.id)
+        assert expired is not None and expired.status == "expired"
+    box.close()
+
+
 # -- row 18: an existing file with mode 0644 ---------------------------------------------
 
 
