@@ -143,8 +143,9 @@ class OutboxEntry(Generic[R]):
         attempts: deliveries started so far.
         last_error: the last failure, as text (``None`` when there was none).
         operation: what is delivered.
-        created_at: enqueue time (wall clock, seconds since the epoch).
-        next_attempt_at: earliest time of the next attempt (wall clock).
+        created_at: enqueue time (wall clock, seconds since the epoch; moved by a step of
+            the wall clock while a running process holds the entry, see the README).
+        next_attempt_at: earliest time of the next attempt (wall clock, moved likewise).
         possibly_delivered: a ``failed``/``expired`` entry that may have reached the server.
         trace_context: the trace context stored with the entry when tracing was on.
     """

@@ -165,7 +165,6 @@ class Outbox:
             monotonic = MONOTONIC if clock is time.time else clock
         self._watch = StepWatch(clock, monotonic)
         self._known: dict[int, tuple[float, float]] = {}  # id -> (created_at, next_attempt_at)
-        self._expired_lock = threading.Lock()
         self._expired_seen = self._expired()  # what flushes report is what expires after
         self._listeners: list[Callable[[], None]] = []
         self._drainers: list[_Drainer] = []
@@ -190,6 +189,7 @@ class Outbox:
         self._lock = threading.Lock()
         self._time_lock = threading.Lock()  # one reading at a time; a step handled under it
         self._known_lock = threading.Lock()
+        self._expired_lock = threading.Lock()
         self._store.held.clear()
 
     @property
