@@ -53,6 +53,7 @@ import requests
 import tenacity
 
 from chatsdk._errors import (
+    decode_json,
     APIError,
     BadRequestError,
     ChatSDKError,
@@ -317,7 +318,7 @@ def _code_of(response: requests.Response) -> str | None:
     if response.status_code not in (409, 422):
         return None
     try:
-        body = response.json()
+        body = decode_json(response)
     except ValueError:
         return None
     error = body.get("error") if isinstance(body, dict) else None
