@@ -16,10 +16,10 @@ import requests
 
 from chatsdk import _instrument, _shutdown
 from chatsdk._errors import (
-    decode_json,
     ChatSDKError,
     ConfigurationError,
     InvalidResponseError,
+    decode_json,
     excerpt,
 )
 from chatsdk._http.adapter import Transport, attempts_of

@@ -256,6 +256,7 @@ class ResilientAdapter(HTTPAdapter):
         span = None if tracer is None else tracer.attempt(state.request, state.attempts)
         attempt_timeout = state.attempt_timeout(timeout)
         limit = None if options["stream"] else state.time_limit(attempt_timeout)
+        response: requests.Response | None = None
         try:
             with connection.time_limit(limit):
                 response = self.send_attempt(state.request, timeout=attempt_timeout, **options)
@@ -267,6 +268,9 @@ class ResilientAdapter(HTTPAdapter):
             self._attempt_done(state, exc, started, span)
             return exc
         except _TRANSPORT_ERRORS as exc:
+            if response is not None:
+                # The body failed (reset, timeout, bad encoding): its socket must not leak.
+                response.close()
             mapped = map_transport_error(exc, state.request)
             mapped.__cause__ = exc
             self._report(permit, classify(mapped, self.retry), None, state)

@@ -97,7 +97,7 @@ class FinalResponse(http.client.HTTPResponse):
 
     def _read_status(self) -> tuple[str, int, str]:
         for _ in range(MAX_INTERIM_RESPONSES):
-            version, status, reason = super()._read_status()
+            version, status, reason = super()._read_status()  # type: ignore[misc]
             # 100 is skipped by http.client itself; 101 is final (and wrong, for this API).
             if not 102 <= status < 200:
                 return version, status, reason

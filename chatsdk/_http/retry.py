@@ -53,7 +53,6 @@ import requests
 import tenacity
 
 from chatsdk._errors import (
-    decode_json,
     APIError,
     BadRequestError,
     ChatSDKError,
@@ -74,6 +73,7 @@ from chatsdk._errors import (
     TransportError,
     UnauthorizedError,
     UnprocessableEntityError,
+    decode_json,
     error_fields,
 )
 from chatsdk._validation import non_negative, optional_positive, statuses

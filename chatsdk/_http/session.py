@@ -186,9 +186,7 @@ class ChatSession(requests.Session):
         """As :meth:`requests.Session.send`; a redirect loop is a :class:`TooManyRedirectsError`."""
         try:
             return super().send(request, **kwargs)
-        except requests.TooManyRedirects as exc:
-            if isinstance(exc, TooManyRedirectsError):
-                raise
+        except requests.TooManyRedirects as exc:  # raised by the outermost send only
             error = TooManyRedirectsError(str(exc), response=exc.response, request=exc.request)
             error.idempotency_key = request.headers.get("Idempotency-Key")
             raise error from exc

@@ -8,6 +8,7 @@ client hangs up, which is what a bounded client does.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -98,10 +99,8 @@ class RawHTTPServer:
 
 
 def _close(conn: socket.socket) -> None:
-    try:
+    with contextlib.suppress(OSError):
         conn.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
     conn.close()
 
 

@@ -1,12 +1,13 @@
 """Issue 12, rows 1, 2, 3, 7, 8, 9: hostile HTTP responses, from purpose-made raw servers.
 
 Time bounds are the hang itself (pytest-timeout fails a call that never returns); memory
-bounds are the peak RSS of a client in a subprocess, above its own baseline.
+bounds are the peak of what a client in a subprocess allocates during the call (tracemalloc).
 """
 
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import textwrap
@@ -26,6 +27,7 @@ from chatsdk import (
     TooManyRedirectsError,
     TransportTimeoutError,
 )
+from chatsdk._http import connection
 from tests.hostile import servers
 from tests.hostile.servers import MESSAGE_JSON, RawHTTPServer
 
@@ -91,16 +93,12 @@ def test_a_slow_but_complete_body_within_the_limit_is_read() -> None:
 
 _PEAK = textwrap.dedent(
     """
-    import json, resource, sys
+    import json, sys, tracemalloc
     import chatsdk
     chat = chatsdk.ChatClient(sys.argv[1], "k-hostile-0123456789",
                               retry=chatsdk.RetryPolicy(max_attempts=1, deadline=None),
                               timeout=(5, 30))
-    try:
-        chat.health()  # warm up: imports, pools
-    except Exception:
-        pass
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    tracemalloc.start()
     try:
         chat.send_message("general", "hi")
         outcome = "returned"
@@ -108,8 +106,8 @@ _PEAK = textwrap.dedent(
     except Exception as exc:
         outcome = type(exc).__name__
         text = str(exc)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"outcome": outcome, "text": text, "mb": (peak - base) / 1024}))
+    peak = tracemalloc.get_traced_memory()[1]
+    print(json.dumps({"outcome": outcome, "text": text, "mb": peak / 2**20}))
     """
 )
 
@@ -134,9 +132,7 @@ def test_gzip_bomb_is_refused_while_decoding(bomb: bytes) -> None:
     with RawHTTPServer(handler) as server:
         result = peak_of_send(server.url)
     assert result["outcome"] == "InvalidResponseError"
-    assert f"max_response_bytes ({chatsdk.DEFAULT_MAX_RESPONSE_BYTES} bytes)" in str(
-        result["text"]
-    )
+    assert f"max_response_bytes ({chatsdk.DEFAULT_MAX_RESPONSE_BYTES} bytes)" in str(result["text"])
     assert float(result["mb"]) < 50, result  # type: ignore[arg-type]
 
 
@@ -166,9 +162,12 @@ def test_success_body_over_a_configured_limit_names_it() -> None:
         chat = client(server.url, max_response_bytes=100)
         with pytest.raises(InvalidResponseError, match=r"max_response_bytes \(100 bytes\)"):
             chat.send_message("general", "hi")
-        assert client(server.url, max_response_bytes=len(MESSAGE_JSON)).send_message(
-            "general", "hi"
-        ).id == "m1"
+        assert (
+            client(server.url, max_response_bytes=len(MESSAGE_JSON))
+            .send_message("general", "hi")
+            .id
+            == "m1"
+        )
         chat.close()
 
 
@@ -254,8 +253,30 @@ def test_interim_responses_through_an_http_proxy() -> None:
         session.proxies = {"http": server.url}
         chat = ChatClient(session=session)
         assert chat.send_message("general", "hi").id == "m1"
+        assert chat.send_message("general", "again").id == "m1"  # the cached proxy manager
         chat.close()
     assert server.requests[0].target.startswith("http://chat.invalid/")
+
+
+def test_without_read_timeout_or_deadline_there_is_no_time_limit() -> None:
+    handler = servers.interim_then([103], servers.respond(201, MESSAGE_JSON))
+    with RawHTTPServer(handler) as server:
+        chat = client(server.url, timeout=(2, None))
+        assert chat.send_message("general", "hi").id == "m1"
+        chat.close()
+
+
+def test_a_read_after_the_deadline_fails_without_waiting() -> None:
+    # The deadline can pass between two reads that each returned in time.
+    left, right = socket.socketpair()
+    with left, right:
+        right.sendall(b"x")
+        with connection.time_limit(-1.0):
+            reader = connection._DeadlineReader(socket.SocketIO(left, "rb"), left, -1.0)
+        with pytest.raises(TimeoutError, match="time limit"):
+            reader.readinto(bytearray(1))
+        reader.close()
+        assert reader.closed
 
 
 # -- row 9: a redirect loop ----------------------------------------------------------------
