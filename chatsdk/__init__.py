@@ -33,6 +33,7 @@ from chatsdk._errors import (
     RequestTimeoutError,
     ServerError,
     TLSCertificateError,
+    TooManyRedirectsError,
     TransportError,
     TransportTimeoutError,
     UnauthorizedError,
@@ -42,6 +43,7 @@ from chatsdk._errors import (
 )
 from chatsdk._http.adapter import ResilientAdapter, Transport
 from chatsdk._http.idempotency import idempotency_key_for
+from chatsdk._http.response import DEFAULT_MAX_RESPONSE_BYTES
 from chatsdk._http.retry import (
     DEFAULT_RETRY_POLICY,
     RetryPolicy,
@@ -108,6 +110,7 @@ __all__ = [
     "ConflictError",
     "ConnectError",
     "ConnectTimeoutError",
+    "DEFAULT_MAX_RESPONSE_BYTES",
     "DEFAULT_RETRY_POLICY",
     "EventHook",
     "FlushResult",
@@ -153,6 +156,7 @@ __all__ = [
     "Subscription",
     "SubscriptionState",
     "TLSCertificateError",
+    "TooManyRedirectsError",
     "Transport",
     "TransportError",
     "TransportTimeoutError",

@@ -19,6 +19,7 @@ from chatsdk._errors import (
     ChatSDKError,
     ConfigurationError,
     InvalidResponseError,
+    decode_json,
     excerpt,
 )
 from chatsdk._http.adapter import Transport, attempts_of
@@ -85,6 +86,9 @@ class ChatClient:
             ...), off the SDK's locks; one that raises is logged and never breaks a send.
             The hooks belong to the client's session (a session shared by two clients
             gives both clients' hooks every event of it).
+        max_response_bytes: the most decoded bytes a response body may have (default
+            :data:`chatsdk.DEFAULT_MAX_RESPONSE_BYTES`, 8 MiB): a larger 2xx body raises
+            :class:`InvalidResponseError` (a gzip bomb never fills memory).
 
     Raises:
         ConfigurationError: the URL or the key is missing (naming which) or invalid.
@@ -104,6 +108,7 @@ class ChatClient:
         dedup_window: float = 1.0,
         transport: Transport | None = None,
         on_event: EventHook | Iterable[EventHook] | None = None,
+        max_response_bytes: int | None = None,
     ) -> None:
         if session is not None:
             given = [
@@ -115,6 +120,7 @@ class ChatClient:
                     ("timeout", timeout),
                     ("breaker", breaker),
                     ("transport", transport),
+                    ("max_response_bytes", max_response_bytes),
                 )
                 if v is not None
             ]
@@ -130,8 +136,17 @@ class ChatClient:
                 raise ConfigurationError(f"no base URL: pass base_url= or set ${URL_ENV}")
             if not key:
                 raise ConfigurationError(f"no API key: pass api_key= or set ${API_KEY_ENV}")
+            options: dict[str, Any] = {}
+            if max_response_bytes is not None:
+                options["max_response_bytes"] = max_response_bytes
             self.session = ChatSession(
-                url, key, retry=retry, timeout=timeout, breaker=breaker, transport=transport
+                url,
+                key,
+                retry=retry,
+                timeout=timeout,
+                breaker=breaker,
+                transport=transport,
+                **options,
             )
         self._events = self.session.adapter.events
         self._events.add(on_event)
@@ -426,7 +441,7 @@ class ChatClient:
         """True when the server answers ``GET /api/health`` with ``{"status": "ok"}``."""
         try:
             response = self._request("GET", "api/health")
-            data = response.json()
+            data = decode_json(response)
         except (ChatSDKError, requests.RequestException, ValueError) as exc:
             log.info("health check failed: %s", type(exc).__name__)
             return False
@@ -523,7 +538,7 @@ class ChatClient:
         """Decode a 2xx body with ``build``; a body off the contract is an InvalidResponseError."""
         replayed = response.headers.get("Idempotent-Replayed", "").lower() == "true"
         try:
-            data = response.json()
+            data = decode_json(response)
             result = build(data, replayed)
         except (ValueError, TypeError, KeyError) as exc:
             error = InvalidResponseError(

@@ -11,6 +11,7 @@
      |    +-- TransportTimeoutError (requests.Timeout)   read timeout
      |    +-- TLSCertificateError (requests.exceptions.SSLError)  certificate not trusted
      |    +-- CircuitBreakerOpenError (requests.ConnectionError)  host known bad, nothing sent
+     |    +-- TooManyRedirectsError (requests.TooManyRedirects)   a redirect loop
      +-- APIError (requests.HTTPError)            the server answered 4xx/5xx, or bad JSON
      |    +-- BadRequestError            400
      |    +-- UnauthorizedError          401
@@ -71,6 +72,7 @@ __all__ = [
     "RequestTimeoutError",
     "ServerError",
     "TLSCertificateError",
+    "TooManyRedirectsError",
     "TransportError",
     "TransportTimeoutError",
     "UnauthorizedError",
@@ -245,7 +247,15 @@ class ServerError(APIError):
 
 
 class InvalidResponseError(APIError):
-    """A success status whose body is not the JSON the contract promises."""
+    """A success status whose body is not the JSON the contract promises (or is larger than
+    ``max_response_bytes``)."""
+
+
+class TooManyRedirectsError(TransportError, requests.TooManyRedirects):
+    """The server redirected more than ``Session.max_redirects`` times (a redirect loop).
+
+    No answer was reached; the last redirect is ``.response``.
+    """
 
 
 class OutboxError(ChatSDKError):
@@ -312,6 +322,18 @@ def excerpt(text: str) -> str:
     return flat or "(empty body)"
 
 
+def decode_json(response: requests.Response) -> Any:
+    """``response``'s body decoded as JSON; ``ValueError`` for anything that is not JSON.
+
+    Unlike ``Response.json()``, a body nested too deeply for the parser (``[`` x 100,000)
+    is a ``ValueError`` too, not a ``RecursionError``.
+    """
+    try:
+        return response.json()
+    except RecursionError as exc:
+        raise ValueError("the JSON body is nested too deeply") from exc
+
+
 def error_fields(response: requests.Response) -> tuple[str | None, str, Any]:
     """``(code, message, body)`` of an error response.
 
@@ -320,7 +342,7 @@ def error_fields(response: requests.Response) -> tuple[str | None, str, Any]:
     """
     body: Any
     try:
-        body = response.json()
+        body = decode_json(response)
     except ValueError:
         body = response.text
     error = body.get("error") if isinstance(body, dict) else None
@@ -355,7 +377,8 @@ def map_transport_error(exc: BaseException, request: Any = None) -> ChatSDKError
         cls = ConnectError
     elif isinstance(exc, (requests.ConnectTimeout, urllib3.exceptions.ConnectTimeoutError)):
         cls = ConnectTimeoutError
-    elif isinstance(exc, (requests.Timeout, urllib3.exceptions.TimeoutError, socket.timeout)):
+    elif _in_chain(exc, (requests.Timeout, urllib3.exceptions.TimeoutError, socket.timeout)):
+        # Also a read timeout in the body, which requests raises as a ConnectionError.
         cls = TransportTimeoutError
     else:
         cls = ConnectError

@@ -4,6 +4,12 @@ For each attempt: take a breaker permit, send, read the body (when not streaming
 while reading is an attempt failure like any other), let :func:`~chatsdk._http.retry.classify`
 judge the outcome, report it to the breaker; then either finish or wait and go again.
 urllib3's own retries stay off: this loop is the only one.
+
+Every attempt is bounded in time and memory, whatever the server does: the whole response
+(status, headers, body) completes within what is left of the policy's ``deadline`` or,
+without one, within :data:`RESPONSE_TIME_FACTOR` read timeouts (see
+:mod:`chatsdk._http.connection`); its decoded body is at most ``max_response_bytes`` (see
+:mod:`chatsdk._http.response`).
 """
 
 from __future__ import annotations
@@ -21,7 +27,14 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from chatsdk import _instrument, _testmode
-from chatsdk._errors import ChatSDKError, CircuitBreakerOpenError, map_transport_error
+from chatsdk._errors import (
+    ChatSDKError,
+    CircuitBreakerOpenError,
+    InvalidResponseError,
+    map_transport_error,
+)
+from chatsdk._http import connection
+from chatsdk._http.response import DEFAULT_MAX_RESPONSE_BYTES, check_max_response_bytes, read_body
 from chatsdk._http.retry import (
     DEFAULT_RETRY_POLICY,
     RetryPolicy,
@@ -41,7 +54,7 @@ from chatsdk._instrument import (
 from chatsdk._resilience.breaker import BreakerPolicy, CircuitBreaker, CircuitState, Permit
 from chatsdk._resilience.hosts import HostState, host_of
 
-__all__ = ["ResilientAdapter", "Transport", "attempts_of"]
+__all__ = ["RESPONSE_TIME_FACTOR", "ResilientAdapter", "Transport", "attempts_of"]
 
 log = logging.getLogger("chatsdk")
 
@@ -51,6 +64,10 @@ TimeoutArg = float | tuple[float | None, float | None] | None
 Outcome = requests.Response | ChatSDKError
 
 _OPERATION_TOKENS = itertools.count()
+
+#: Without a deadline, a whole response (headers and body) must complete within this many
+#: read timeouts: a server dribbling a byte at a time cannot hold a call for ever.
+RESPONSE_TIME_FACTOR = 3
 
 
 class Transport(Protocol):
@@ -90,6 +107,9 @@ class ResilientAdapter(HTTPAdapter):
         rand: a uniform [0, 1) source for jitter (inject for tests).
         transport: makes each single attempt instead of urllib3 (e.g.
             ``chatsdk.testing.InMemoryTransport``); retries, breaker and budget are unchanged.
+        max_response_bytes: the most decoded bytes a response body may have (default
+            :data:`~chatsdk.DEFAULT_MAX_RESPONSE_BYTES`, 8 MiB); a 2xx over it raises
+            :class:`~chatsdk.InvalidResponseError`, an error status keeps that much.
         **pool_kwargs: ``pool_connections``, ``pool_maxsize``, ``pool_block`` as for requests.
     """
 
@@ -102,8 +122,10 @@ class ResilientAdapter(HTTPAdapter):
         clock: Callable[[], float] = _testmode.monotonic,
         rand: Callable[[], float] = random.random,
         transport: Transport | None = None,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         **pool_kwargs: Any,
     ) -> None:
+        self.max_response_bytes = check_max_response_bytes(max_response_bytes)
         # urllib3 must not retry on its own; read=False re-raises read errors to our loop.
         super().__init__(max_retries=Retry(0, read=False), **pool_kwargs)
         self.retry = retry or DEFAULT_RETRY_POLICY
@@ -116,6 +138,15 @@ class ResilientAdapter(HTTPAdapter):
         self._clock = clock
         self._rand = rand
         self.transport = transport
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        """As requests does, with connections that bound and complete each response."""
+        super().init_poolmanager(*args, **kwargs)
+        connection.install(self.poolmanager)
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        """As requests does (HTTP and SOCKS proxies), with the same connections."""
+        return connection.install(super().proxy_manager_for(proxy, **proxy_kwargs))
 
     def reset_after_fork(self) -> None:
         """In a forked child: new connection pools and host state (listeners are kept).
@@ -223,14 +254,23 @@ class ResilientAdapter(HTTPAdapter):
         started = self._clock() if self.events.active else None
         tracer = _instrument.tracer
         span = None if tracer is None else tracer.attempt(state.request, state.attempts)
+        attempt_timeout = state.attempt_timeout(timeout)
+        limit = None if options["stream"] else state.time_limit(attempt_timeout)
+        response: requests.Response | None = None
         try:
-            response = self.send_attempt(
-                state.request, timeout=state.attempt_timeout(timeout), **options
-            )
+            with connection.time_limit(limit):
+                response = self.send_attempt(state.request, timeout=attempt_timeout, **options)
             if not options["stream"]:
                 # Read here, not in Session.send: a reset mid-body must be a retryable failure.
-                _ = response.content
+                read_body(response, self.max_response_bytes)
+        except InvalidResponseError as exc:  # a 2xx body over max_response_bytes
+            self._report(permit, classify(exc, self.retry), None, state)
+            self._attempt_done(state, exc, started, span)
+            return exc
         except _TRANSPORT_ERRORS as exc:
+            if response is not None:
+                # The body failed (reset, timeout, bad encoding): its socket must not leak.
+                response.close()
             mapped = map_transport_error(exc, state.request)
             mapped.__cause__ = exc
             self._report(permit, classify(mapped, self.retry), None, state)
@@ -369,6 +409,17 @@ class _RetryState:
                 left if read is None else min(read, left),
             )
         return left if timeout is None else min(timeout, left)
+
+    def time_limit(self, timeout: TimeoutArg) -> float | None:
+        """Seconds the whole response of this attempt may take (None: no limit).
+
+        What is left of the deadline; without one, :data:`RESPONSE_TIME_FACTOR` times the
+        read timeout.
+        """
+        if self.adapter.retry.deadline is not None:
+            return max(0.001, self.adapter.retry.deadline - self.elapsed())
+        read = timeout[1] if isinstance(timeout, tuple) else timeout
+        return None if read is None else RESPONSE_TIME_FACTOR * read
 
     def stamp(self, error: ChatSDKError) -> ChatSDKError:
         """Put the operation's context on the error it ends with."""

@@ -73,6 +73,7 @@ from chatsdk._errors import (
     TransportError,
     UnauthorizedError,
     UnprocessableEntityError,
+    decode_json,
     error_fields,
 )
 from chatsdk._validation import non_negative, optional_positive, statuses
@@ -317,7 +318,7 @@ def _code_of(response: requests.Response) -> str | None:
     if response.status_code not in (409, 422):
         return None
     try:
-        body = response.json()
+        body = decode_json(response)
     except ValueError:
         return None
     error = body.get("error") if isinstance(body, dict) else None

@@ -14,8 +14,9 @@ from requests.sessions import merge_setting
 from requests.utils import get_environ_proxies
 
 from chatsdk import _fork, _instrument
-from chatsdk._errors import CircuitBreakerOpenError, ConfigurationError
+from chatsdk._errors import CircuitBreakerOpenError, ConfigurationError, TooManyRedirectsError
 from chatsdk._http.adapter import ResilientAdapter, Transport
+from chatsdk._http.response import DEFAULT_MAX_RESPONSE_BYTES
 from chatsdk._http.retry import RetryPolicy
 from chatsdk._resilience.breaker import BreakerPolicy, BreakerSnapshot, CircuitBreaker, CircuitState
 from chatsdk._resilience.hosts import Listener, host_of
@@ -82,6 +83,11 @@ class ChatSession(requests.Session):
         clock: the adapter's monotonic clock (inject for tests).
         transport: makes each single attempt instead of urllib3, beneath the retry loop
             (e.g. ``chatsdk.testing.InMemoryTransport()``).
+        max_response_bytes: the most decoded bytes a response body may have (default
+            :data:`~chatsdk.DEFAULT_MAX_RESPONSE_BYTES`); see :class:`ResilientAdapter`.
+
+    Raises:
+        ConfigurationError: a bad base URL, API key or ``max_response_bytes``.
     """
 
     def __init__(
@@ -95,6 +101,7 @@ class ChatSession(requests.Session):
         sleep: Callable[[float], None] | None = None,
         clock: Callable[[], float] | None = None,
         transport: Transport | None = None,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
         super().__init__()
         self.base_url = normalize_base_url(base_url)
@@ -114,7 +121,16 @@ class ChatSession(requests.Session):
             options["sleep"] = sleep
         if clock is not None:
             options["clock"] = clock
-        self.adapter = ResilientAdapter(retry, breaker=breaker, transport=transport, **options)
+        try:
+            self.adapter = ResilientAdapter(
+                retry,
+                breaker=breaker,
+                transport=transport,
+                max_response_bytes=max_response_bytes,
+                **options,
+            )
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from None
         self._base_host = host_of(self.base_url)
         self.mount("http://", self.adapter)
         self.mount("https://", self.adapter)
@@ -165,6 +181,15 @@ class ChatSession(requests.Session):
             return super().request(method, url, *args, **kwargs)
         with tracer.http_scope():  # our attempt spans are the HTTP client spans
             return super().request(method, url, *args, **kwargs)
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+        """As :meth:`requests.Session.send`; a redirect loop is a :class:`TooManyRedirectsError`."""
+        try:
+            return super().send(request, **kwargs)
+        except requests.TooManyRedirects as exc:  # raised by the outermost send only
+            error = TooManyRedirectsError(str(exc), response=exc.response, request=exc.request)
+            error.idempotency_key = request.headers.get("Idempotency-Key")
+            raise error from exc
 
     def _fail_fast(self, url: str, headers: Any) -> None:
         """Refuse a call to a host whose circuit is open before any request work is done.
