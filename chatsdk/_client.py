@@ -316,13 +316,13 @@ class ChatClient:
 
         Returns:
             How many entries (of any process) are still pending: falsy when ``timeout``
-            passed first or draining is stopped (a 401/403). A client without an outbox
-            has nothing to flush (truthy, 0 pending).
+            passed first or draining is stopped (a 401/403). Falsy too when entries
+            expired undelivered since this process's previous flush (``.expired``). A
+            client without an outbox has nothing to flush (truthy, 0 pending).
         """
         if self._drainer is None or self._outbox is None:
             return FlushResult()
-        self._drainer.flush(timeout)
-        return FlushResult(pending=self._outbox.pending_count(), path=self._outbox.path)
+        return self._drainer.flush_result(timeout)
 
     def _backlog(self, result: FlushResult) -> None:
         """Tell the hooks how many of this process's entries are left for the next one."""

@@ -7,7 +7,8 @@ drain in parallel and each channel in order) and hands them to worker threads, w
 - a response: ``sent``;
 - a transient error (the retry module's classification; also a 2xx whose body could not be
   read, resent under the same key so the server replays its answer): ``queued`` again after
-  a backoff, at least the server's ``Retry-After``;
+  a backoff, at least the server's ``Retry-After`` capped by the policy's
+  ``max_retry_after``;
 - :class:`~chatsdk.CircuitBreakerOpenError`: the claim is given back untouched and this
   process's drainer pauses until the breaker's ``retry_after`` (nothing is written to the
   shared file, so other processes keep draining);
@@ -64,7 +65,7 @@ from chatsdk._http.retry import (
     retry_after_of,
 )
 from chatsdk._instrument import Emitter, OutboxDeadLettered, OutboxDelivered, key_prefix
-from chatsdk._outbox.models import Operation, OutboxEntry
+from chatsdk._outbox.models import FlushResult, Operation, OutboxEntry
 from chatsdk._outbox.outbox import Follow, Outbox
 from chatsdk._resilience.breaker import CircuitState
 
@@ -106,7 +107,7 @@ class Drainer:
         breaker_for: returns the circuit breaker guarding an operation's host (or None), so
             the drainer resumes the moment that breaker closes.
         workers: deliveries in flight at once (each on its own channel).
-        clock: wall clock, the outbox's (leases and due times are wall-clock).
+        clock: wall clock (default the outbox's): due times in the store are wall-clock.
         poll_interval: the longest sleep between looks at the store (other processes' work);
             default the outbox's :attr:`~chatsdk.Outbox.poll_interval` (1 s for SQLite, a
             slow safety poll for PostgreSQL, whose ``NOTIFY`` wakes the drainer).
@@ -123,7 +124,7 @@ class Drainer:
         *,
         breaker_for: Callable[[Operation], _Breaker | None] | None = None,
         workers: int = 4,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
         poll_interval: float | None = None,
         retry: RetryPolicy | None = None,
         rand: Callable[[], float] = random.random,
@@ -139,7 +140,7 @@ class Drainer:
         self._deliver = deliver
         self._breaker_for = breaker_for
         self._size = workers
-        self._clock = clock
+        self._clock = clock if clock is not None else outbox._clock
         self._poll = float(poll_interval)
         self._retry = retry or DEFAULT_RETRY_POLICY
         self._rand = rand
@@ -262,14 +263,21 @@ class Drainer:
             own: wait only for the entries this process queued (or adopted).
 
         Returns:
-            True when the outbox is drained; False when ``timeout`` passed first, or when
-            draining is stopped (a 401/403, or :meth:`stop`) with entries left.
+            True when the outbox is drained; False when ``timeout`` passed first, when
+            draining is stopped (a 401/403, or :meth:`stop`) with entries left, or when
+            entries expired undelivered (see :meth:`flush_result`).
         """
+        return bool(self.flush_result(timeout, own=own))
+
+    def flush_result(self, timeout: float | None = None, *, own: bool = False) -> FlushResult:
+        """:meth:`flush`, saying what is left (``pending``) and what expired undelivered
+        (``expired``: any process's entries, since this process's previous flush)."""
         inline = _testmode.inline_flush()
         if inline is not None and not self._running_here:
-            return inline(self, timeout)
+            inline(self, timeout)
+            return self.outbox.drained(0, own=own)
         self.notify()
-        return self.outbox.wait_idle(timeout, give_up=self._cannot_progress, own=own)
+        return self.outbox.drained(timeout, give_up=self._cannot_progress, own=own)
 
     def stop(self, timeout: float | None = None) -> bool:
         """Stop after the deliveries in flight; True when every thread ended in time."""
@@ -448,7 +456,11 @@ class Drainer:
                 claimed = self.outbox.fail(entry, exc, follow=follow)
                 self._dead_lettered(entry, exc)
                 return claimed
+            # The server's wait is honoured up to the policy's cap, like every other wait:
+            # a Retry-After of 10**8 s must not park the entry past its max_age.
             retry_after = retry_after_of(exc)
+            if retry_after is not None:
+                retry_after = min(retry_after, self._retry.max_retry_after)
             index = min(entry.attempts - 1, 64)
             delay = backoff_for(exc, index, self._retry, self._rand, retry_after)
             log.info(

@@ -113,20 +113,23 @@ class OutboxStats:
 class FlushResult:
     """What :meth:`ChatClient.flush` or :meth:`ChatClient.close` left undelivered.
 
-    True (as a boolean) when nothing is left: ``if not chat.flush(5): ...``.
+    True (as a boolean) when nothing is left and nothing expired: ``if not chat.flush(5): ...``.
 
     Attributes:
         pending: entries still ``queued`` or ``sending`` (for ``close()``: those this
             process queued; for ``flush()``: every process's). They stay on disk, and the
             next client on the file delivers them.
         path: the outbox file (None for a client without an outbox).
+        expired: ``flush()`` only: entries that expired undelivered (``max_age``) since this
+            process's previous flush, or since it opened the outbox; they are dead letters.
     """
 
     pending: int = 0
     path: str | None = None
+    expired: int = 0
 
     def __bool__(self) -> bool:
-        return self.pending == 0
+        return self.pending == 0 and self.expired == 0
 
 
 @attrs.frozen(kw_only=True)
@@ -140,8 +143,9 @@ class OutboxEntry(Generic[R]):
         attempts: deliveries started so far.
         last_error: the last failure, as text (``None`` when there was none).
         operation: what is delivered.
-        created_at: enqueue time (wall clock, seconds since the epoch).
-        next_attempt_at: earliest time of the next attempt (wall clock).
+        created_at: enqueue time (wall clock, seconds since the epoch; moved by a step of
+            the wall clock while a running process holds the entry, see the README).
+        next_attempt_at: earliest time of the next attempt (wall clock, moved likewise).
         possibly_delivered: a ``failed``/``expired`` entry that may have reached the server.
         trace_context: the trace context stored with the entry when tracing was on.
     """

@@ -15,6 +15,15 @@ an entry whose holder died is taken over when the lease runs out and resent with
 key; every outcome is fenced by the token. A channel's next entry is never claimable before
 the previous one left ``queued``/``sending``. The background delivery loop lives in
 :mod:`chatsdk._outbox.drainer`.
+
+Clock steps: stored times are wall-clock, but this process measures the time that passes
+with a monotonic clock (:mod:`chatsdk._outbox.clock`). When the wall clock steps, the facade
+moves the stored creation and due times of the entries this process holds (queued, claimed
+or rescheduled here, and still pending) by the step, before any reading after the step is
+used, and renews its leases. Each move is conditional on the stored times being the ones
+this process last wrote or read, so two processes that saw the same step move an entry
+once. An entry's age is therefore measured, within the processes that hold it, by the
+monotonic clock: a backward step stalls nothing, a forward step expires nothing.
 """
 
 from __future__ import annotations
@@ -31,7 +40,9 @@ from typing import Any, Protocol
 from chatsdk import _fork, _instrument
 from chatsdk._errors import OutboxError, WaitTimeoutError
 from chatsdk._models import Message, Reaction
+from chatsdk._outbox.clock import MONOTONIC, StepWatch
 from chatsdk._outbox.models import (
+    FlushResult,
     Kind,
     Operation,
     OutboxEntry,
@@ -53,6 +64,9 @@ STATUSES = ("queued", "sending", "sent", "failed", "expired")
 TERMINAL = ("sent", "failed", "expired")
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 _POLL = 1.0  # at most this long between looks for other processes' outcomes
+#: Entries whose stored times this process remembers (to move them after a clock step);
+#: beyond this many, the oldest are forgotten (they are judged by the wall clock alone).
+KNOWN_MAX = 10_000
 
 
 class _Drainer(Protocol):
@@ -77,6 +91,10 @@ class Outbox:
             under the server's 24 h idempotency-key retention).
         sent_retention: seconds a ``sent`` entry is kept (for ``wait()``) before pruning.
         clock: wall clock for timestamps and leases (shared between processes).
+        monotonic: measures the time that passes in this process, to tell a step of the
+            wall clock from time passing (default ``CLOCK_BOOTTIME`` on Linux, otherwise
+            ``time.monotonic``; when only ``clock`` is injected, ``clock`` itself: a fake
+            clock's moves are time passing).
         schema, table: PostgreSQL only: where the entries live (default ``chatsdk.outbox``).
 
     Raises:
@@ -95,6 +113,7 @@ class Outbox:
         max_age: float = 82800.0,
         sent_retention: float = 3600.0,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] | None = None,
         schema: str | None = None,
         table: str | None = None,
     ) -> None:
@@ -142,6 +161,11 @@ class Outbox:
         self.max_age = float(max_age)
         self.sent_retention = float(sent_retention)
         self._clock = clock
+        if monotonic is None:
+            monotonic = MONOTONIC if clock is time.time else clock
+        self._watch = StepWatch(clock, monotonic)
+        self._known: dict[int, tuple[float, float]] = {}  # id -> (created_at, next_attempt_at)
+        self._expired_seen = self._expired()  # what flushes report is what expires after
         self._listeners: list[Callable[[], None]] = []
         self._drainers: list[_Drainer] = []
         self._signals = self._store.signals
@@ -163,6 +187,9 @@ class Outbox:
     def _reset(self) -> None:
         """Process state: at construction, and in a forked child (the claims were the parent's)."""
         self._lock = threading.Lock()
+        self._time_lock = threading.Lock()  # one reading at a time; a step handled under it
+        self._known_lock = threading.Lock()
+        self._expired_lock = threading.Lock()
         self._store.held.clear()
 
     @property
@@ -241,7 +268,7 @@ class Outbox:
             raise ValueError(f"kind must be 'message' or 'reaction', got {kind!r}")
         key = idempotency_key or str(uuid.uuid4())
         text = _ENCODER.encode(body)
-        now = self._clock()
+        now = self._now()
         tracer = _instrument.tracer
         carrier = None if tracer is None else tracer.carrier()
         context = None if carrier is None else _ENCODER.encode(carrier)
@@ -255,6 +282,7 @@ class Outbox:
                     "for a different operation"
                 )
             return entry_from_row(self, row)
+        self._remember(entry_id, now, now)
         op = Operation(kind=kind, body=body, idempotency_key=key, channel=channel)
         entry: OutboxEntry[Any] = OutboxEntry(
             id=entry_id,
@@ -291,7 +319,7 @@ class Outbox:
         self.expire()
         counts, oldest = self._store.counts()
         known = {status: n for status, n in counts.items() if status in STATUSES}
-        age = None if oldest is None else max(0.0, self._clock() - oldest)
+        age = None if oldest is None else max(0.0, self._now() - oldest)
         statuses = [d.status for d in self._drainers]
         drainer = next((s for s in statuses if s != "running"), "running" if statuses else None)
         return OutboxStats(**known, oldest_pending_age=age, drainer=drainer)
@@ -346,7 +374,9 @@ class Outbox:
                 return str(uuid.uuid4())
             return old.idempotency_key
 
-        entry = entry_from_row(self, self._store.requeue(entry_id, self._clock(), new_key))
+        entry = entry_from_row(self, self._store.requeue(entry_id, self._now(), new_key))
+        self._remember(entry.id, entry.created_at, entry.next_attempt_at)
+        self._recount_expired()
         self._notify()
         return entry
 
@@ -360,7 +390,10 @@ class Outbox:
         bad = [s for s in wanted if s not in TERMINAL]
         if bad or not wanted:
             raise ValueError(f"purge takes statuses among {', '.join(TERMINAL)}; got {bad}")
-        return self._store.purge(wanted)
+        count = self._store.purge(wanted)
+        if "expired" in wanted:
+            self._recount_expired()
+        return count
 
     def wait(self, entry_id: int, timeout: float | None = None) -> Message | Reaction:
         """Block until entry ``entry_id`` is finished; see :meth:`OutboxEntry.wait`."""
@@ -392,6 +425,24 @@ class Outbox:
 
         ``give_up()``, checked at every wake-up, ends the wait early with False. With
         ``own``, only the entries this process queued count (see :meth:`pending_count`).
+        Never True when entries expired undelivered: see :meth:`drained`.
+        """
+        return bool(self.drained(timeout, give_up=give_up, own=own))
+
+    def drained(
+        self,
+        timeout: float | None = None,
+        *,
+        give_up: Callable[[], bool] | None = None,
+        own: bool = False,
+    ) -> FlushResult:
+        """Wait as :meth:`wait_idle` does; say what is left, and what expired.
+
+        Returns:
+            ``pending``: entries still pending (of this process with ``own``, else of all);
+            ``expired``: entries (of any process) that expired undelivered since this
+            process's previous wait ended (or since it opened the outbox). Falsy unless
+            both are 0: a flush never reports success over entries that expired.
         """
         self._store.watch()
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -400,11 +451,30 @@ class Outbox:
             # leave nothing pending wake this waiter, not every delivery of a busy drain.
             seen = self._signals.settled_generation
             if not (self.pending_count(own=True) if own else self.has_pending()):
-                return True
+                pending = 0
+                break
             remaining = _POLL if deadline is None else deadline - time.monotonic()
             if remaining <= 0 or (give_up is not None and give_up()):
-                return False
+                pending = self.pending_count(own=own)  # counted once, not at every wake-up
+                break
             self._signals.wait_changed(seen, min(_POLL, remaining), settled=True)
+        return FlushResult(pending=pending, path=self.path, expired=self._newly_expired())
+
+    def _expired(self) -> int:
+        return self._store.counts()[0].get("expired", 0)
+
+    def _newly_expired(self) -> int:
+        """Entries expired since the previous call (or since the outbox was opened)."""
+        count = self._expired()
+        with self._expired_lock:
+            new, self._expired_seen = max(0, count - self._expired_seen), count
+        return new
+
+    def _recount_expired(self) -> None:
+        """After a purge or a retry took expired entries away: none of them is new."""
+        count = self._expired()
+        with self._expired_lock:
+            self._expired_seen = min(self._expired_seen, count)
 
     def signal(self) -> None:
         """Wake this process's threads blocked in :meth:`wait` or :meth:`wait_idle`."""
@@ -438,15 +508,20 @@ class Outbox:
         Returns the claimed entries (now ``sending`` under this process's lease) and the
         wall-clock time the next unclaimed head becomes due (None when there is none).
         """
-        rows, next_due = self._store.claim(limit, self._clock())
-        return [entry_from_row(self, row) for row in rows], next_due
+        rows, next_due = self._store.claim(limit, self._now())
+        claimed = [entry_from_row(self, row) for row in rows]
+        for entry in claimed:
+            self._remember(entry.id, entry.created_at, entry.next_attempt_at)
+        return claimed, next_due
 
     def renew_leases(self) -> int:
         """Extend the lease of every delivery this process has in flight; returns how many."""
-        return self._store.renew(self._clock() + self.lease_seconds)
+        return self._store.renew(self._now() + self.lease_seconds)
 
     def _claimed(self, row: Row | None) -> OutboxEntry[Any] | None:
         claimed = None if row is None else entry_from_row(self, row)
+        if claimed is not None:
+            self._remember(claimed.id, claimed.created_at, claimed.next_attempt_at)
         self._signals.signal(settled=claimed is None)
         return claimed
 
@@ -460,12 +535,13 @@ class Outbox:
         its channel for one commit per message. A claim that is no longer ours (taken over
         after its lease ran out) is left as it is.
         """
+        self._forget_times(entry.id)
         applied, row = self._store.ack(
             entry.id,
             entry.lease_token,
             entry.operation.channel,
             _ENCODER.encode(response),
-            self._clock(),
+            self._now(),
             follow,
         )
         self._fenced(applied, entry)
@@ -501,9 +577,16 @@ class Outbox:
         if self.max_attempts is not None and entry.attempts >= self.max_attempts:
             self._finish(entry, "failed", record, possibly_delivered=True)
             return True
-        when = self._clock() + max(0.0, delay)
+        when = self._now() + max(0.0, delay)
         error_text = (describe_error(record), json.dumps(record))
-        self._fenced(self._store.reschedule(entry.id, entry.lease_token, when, error_text), entry)
+        applied = self._store.reschedule(entry.id, entry.lease_token, when, error_text)
+        with self._known_lock:
+            created = self._known.get(entry.id, (entry.created_at, when))[0]
+        if applied:
+            self._remember(entry.id, created, when)
+        else:
+            self._forget_times(entry.id)
+        self._fenced(applied, entry)
         self._signals.signal()
         return False
 
@@ -529,11 +612,11 @@ class Outbox:
 
         Delays the server asked for (``Retry-After``) are kept. Returns how many moved.
         """
-        return self._store.expedite(self._clock())
+        return self._store.expedite(self._now())
 
     def expire(self) -> int:
         """Mark entries older than ``max_age`` ``expired``; prune old ``sent`` entries."""
-        count = self._store.expire(self._clock())
+        count = self._store.expire(self._now())
         if count:
             self._signals.signal()
         return count
@@ -547,6 +630,7 @@ class Outbox:
         possibly_delivered: bool,
         follow: Follow = None,
     ) -> OutboxEntry[Any] | None:
+        self._forget_times(entry.id)
         applied, row = self._store.finish(
             entry.id,
             entry.lease_token,
@@ -554,8 +638,54 @@ class Outbox:
             status,
             (describe_error(record), json.dumps(record)),
             possibly_delivered,
-            self._clock(),
+            self._now(),
             follow,
         )
         self._fenced(applied, entry)
         return self._claimed(row)
+
+    # -- time ------------------------------------------------------------------------------
+
+    def _now(self) -> float:
+        """The wall-clock time for the store; a step of the wall clock is handled first."""
+        with self._time_lock:
+            now, step = self._watch.read()
+            if step:
+                try:
+                    self._stepped(step, now)
+                except BaseException:
+                    self._watch.rewind(step)  # the next reading sees the step again
+                    raise
+            return now
+
+    def _stepped(self, step: float, now: float) -> None:
+        """Move the stored times of the entries this process holds by ``step``; renew leases.
+
+        Called under the time lock: no thread uses a reading taken after the step before the
+        stored times agree with it.
+        """
+        with self._known_lock:  # held throughout: the times remembered are the ones moved
+            known = list(self._known.items())
+            moved = set(self._store.shift([(i, c, n) for i, (c, n) in known], step))
+            # An entry not moved is finished, or another process wrote it since: not ours.
+            self._known = {i: (c + step, n + step) for i, (c, n) in known if i in moved}
+        renewed = self._store.renew(now + self.lease_seconds)
+        log.warning(
+            "outbox %s: the wall clock stepped %+.1fs; moved the stored times of the %d "
+            "pending entries this process holds by as much and renewed %d leases",
+            self.path,
+            step,
+            len(moved),
+            renewed,
+        )
+
+    def _remember(self, entry_id: int, created_at: float, next_attempt_at: float) -> None:
+        with self._known_lock:
+            self._known.pop(entry_id, None)  # re-inserted last: the newest is kept longest
+            self._known[entry_id] = (created_at, next_attempt_at)
+            if len(self._known) > KNOWN_MAX:
+                del self._known[next(iter(self._known))]
+
+    def _forget_times(self, entry_id: int) -> None:
+        with self._known_lock:
+            self._known.pop(entry_id, None)

@@ -156,6 +156,14 @@ REQUEUE = f"""
 UPDATE {{t}} SET status = 'queued', idempotency_key = %s, attempts = 0, created_at = %s,
     next_attempt_at = %s, {_CLEAR}, finished_at = NULL, last_error = NULL, error = NULL,
     possibly_delivered = false WHERE id = %s {_RETURNING}"""
+# After a step of the wall clock: move entries' times, those still as the caller knows them.
+SHIFT = """
+UPDATE {t} AS e SET created_at = e.created_at + %(step)s,
+    next_attempt_at = e.next_attempt_at + %(step)s
+FROM unnest(%(ids)s::bigint[], %(created)s::float8[], %(due)s::float8[]) AS k(id, created, due)
+WHERE e.id = k.id AND e.status IN ('queued', 'sending')
+    AND e.created_at = k.created AND e.next_attempt_at = k.due
+RETURNING e.id"""
 PURGE = "DELETE FROM {t} WHERE status = ANY(%s::text[])"
 EXPEDITE = """
 UPDATE {t} SET next_attempt_at = %(now)s WHERE status = 'queued' AND next_attempt_at > %(now)s

@@ -544,6 +544,16 @@ class PostgresStore:
 
         return self._run(requeue)
 
+    def shift(self, entries: list[tuple[int, float, float]], step: float) -> list[int]:
+        """Move pending entries' times by ``step``; see :meth:`.store.Store.shift`."""
+        args = {
+            "step": step,
+            "ids": [e[0] for e in entries],
+            "created": [e[1] for e in entries],
+            "due": [e[2] for e in entries],
+        }
+        return [r[0] for r in self._run(lambda c: c.execute(self._q["SHIFT"], args).fetchall())]
+
     def purge(self, statuses: tuple[str, ...]) -> int:
         return self._run(lambda c: c.execute(self._q["PURGE"], (list(statuses),)).rowcount)
 

@@ -37,6 +37,7 @@ __all__ = [
     "REQUEUE",
     "RESCHEDULE",
     "SELECT",
+    "SHIFT",
     "STATUS",
     "TOKEN",
 ]
@@ -129,5 +130,10 @@ UPDATE entries SET status = 'expired', finished_at = ?, lease_owner = NULL,
     lease_expires_at = NULL, lease_token = NULL, possibly_delivered = (attempts > 0),
     last_error = ?, error = ?
 WHERE {PENDING} AND created_at <= ? AND NOT (status = 'sending' AND lease_expires_at > ?)
+"""  # noqa: S608
+# After a step of the wall clock: move an entry's times, if they are still the ones known.
+SHIFT = f"""
+UPDATE entries SET created_at = created_at + ?, next_attempt_at = next_attempt_at + ?
+WHERE id = ? AND {PENDING} AND created_at = ? AND next_attempt_at = ?
 """  # noqa: S608
 PRUNE_SENT = "DELETE FROM entries WHERE status = 'sent' AND finished_at <= ?"

@@ -4,7 +4,8 @@ This module knows nothing of entries' meaning (that is :mod:`chatsdk._outbox.out
 the process's one connection behind a lock and runs work on it:
 
 - the file and its ``-wal``/``-shm`` are created mode 0600 (SQLite gives the side files the
-  database file's mode); WAL journal, ``synchronous`` NORMAL or FULL;
+  database file's mode); an existing one other users can open is tightened to 0600 with a
+  WARNING; WAL journal, ``synchronous`` NORMAL or FULL;
 - ``PRAGMA application_id`` tells an outbox from a foreign database, ``PRAGMA user_version``
   is the schema version, migrated step by step under ``BEGIN IMMEDIATE``;
 - a file that is not an outbox (the application's own ``db.sqlite3``, a text file) is
@@ -29,6 +30,7 @@ import os
 import random
 import socket
 import sqlite3
+import stat
 import threading
 import time
 import uuid
@@ -113,6 +115,39 @@ def _identity(path: str) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
+def _tighten(path: str) -> None:
+    """An existing outbox file (or ``-wal``/``-shm``) other users may read goes back to 0600.
+
+    A copy, a restore or an archive extraction does not keep 0600. Only files this process's
+    user owns are changed (another user's file is theirs to fix: a WARNING says so).
+    """
+    if os.name == "nt":  # pragma: no cover - POSIX permission bits only
+        return
+    for name in (path, path + "-wal", path + "-shm"):
+        try:
+            st = os.stat(name)
+        except FileNotFoundError:
+            continue
+        mode = stat.S_IMODE(st.st_mode)
+        if not mode & 0o077:
+            continue
+        if st.st_uid != os.geteuid():
+            log.warning(
+                "outbox file %s is mode %04o (other users can open it) and owned by uid %d,"
+                " not by this process's user: left as it is",
+                name,
+                mode,
+                st.st_uid,
+            )
+            continue
+        os.chmod(name, 0o600)
+        log.warning(
+            "outbox file %s was mode %04o (other users could open it); tightened to 0600",
+            name,
+            mode,
+        )
+
+
 class Database:
     """The process's connection to one outbox file, behind a lock.
 
@@ -188,6 +223,7 @@ class Database:
                 header = handle.read(len(_HEADER))
             if header and header != _HEADER:
                 raise OutboxFileError(self.path, "not an SQLite database") from None
+            _tighten(self.path)
         deadline = time.monotonic() + BUSY_DEADLINE
         while True:
             try:

@@ -315,6 +315,13 @@ class SQLiteStore:
 
         return self._run(requeue)
 
+    def shift(self, entries: list[tuple[int, float, float]], step: float) -> list[int]:
+        def shift(conn: sqlite3.Connection) -> list[int]:
+            args = ((step, step, i, created, due) for i, created, due in entries)
+            return [a[2] for a in args if conn.execute(sql.SHIFT, a).rowcount]
+
+        return self._run(shift)
+
     def purge(self, statuses: tuple[str, ...]) -> int:
         return self._run(
             lambda c: sum(

@@ -8,7 +8,8 @@ Rows are tuples of :data:`~chatsdk._outbox.models.COLUMNS`. Every claim carries 
 owner, a wall-clock expiry and a random *token*; each outcome (ack, fail, reschedule,
 release) applies only while the row still holds that token (the fence), so the outcome of a
 holder whose lease ran out and was taken over changes nothing. ``now`` is always the
-facade's clock, so stores agree on time with the code that tests them.
+facade's clock, so stores agree on time with the code that tests them; after a step of the
+wall clock the facade moves the times it holds with :meth:`Store.shift`.
 
 The :class:`Signals` here are the in-process wake-ups both stores share: a store that can
 hear other processes (PostgreSQL's ``LISTEN``) signals them too.
@@ -229,6 +230,14 @@ class Store(Protocol):
 
     def requeue(self, entry_id: int, now: float, new_key: Callable[[Row | None], str]) -> Row:
         """Re-queue an entry; ``new_key(row)`` checks it may and picks its key (or raises)."""
+
+    def shift(self, entries: list[tuple[int, float, float]], step: float) -> list[int]:
+        """Move pending entries' ``created_at`` and ``next_attempt_at`` by ``step`` seconds.
+
+        ``entries`` are ``(id, created_at, next_attempt_at)`` as the caller last wrote or
+        read them; an entry whose stored times differ (another process moved or rescheduled
+        it since) or that is no longer pending is left alone. Returns the ids moved.
+        """
 
     def purge(self, statuses: tuple[str, ...]) -> int: ...
 
