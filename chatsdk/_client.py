@@ -33,6 +33,7 @@ from chatsdk._outbox.outbox import Outbox
 from chatsdk._realtime.client import RealtimeClient
 from chatsdk._resilience.breaker import BreakerPolicy
 from chatsdk._validation import (
+    check_api_key,
     check_channel,
     check_id,
     check_idempotency_key,
@@ -63,6 +64,7 @@ class ChatClient:
     Args:
         base_url: the server; defaults to ``$CHATSDK_URL``.
         api_key: the API key; defaults to ``$CHATSDK_API_KEY``. Never logged or shown.
+            1..4096 visible ASCII characters: a key read from a file must be stripped.
         retry: the retry policy (default :data:`chatsdk.DEFAULT_RETRY_POLICY`).
         timeout: default ``(connect, read)`` seconds, or one number for both.
         breaker: the per-host circuit breaker policy; None for the default
@@ -87,7 +89,8 @@ class ChatClient:
             gives both clients' hooks every event of it).
 
     Raises:
-        ConfigurationError: the URL or the key is missing (naming which) or invalid.
+        ConfigurationError: the URL or the key is missing (naming which) or invalid (the
+            message says why, never what the key is).
     """
 
     def __init__(
@@ -128,8 +131,9 @@ class ChatClient:
             key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
             if not url:
                 raise ConfigurationError(f"no base URL: pass base_url= or set ${URL_ENV}")
-            if not key:
+            if key is None or key == "":
                 raise ConfigurationError(f"no API key: pass api_key= or set ${API_KEY_ENV}")
+            check_api_key(key)  # before anything is built (ChatSession checks it too)
             self.session = ChatSession(
                 url, key, retry=retry, timeout=timeout, breaker=breaker, transport=transport
             )

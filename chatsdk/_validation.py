@@ -12,10 +12,11 @@ from typing import Any
 
 import attrs
 
-from chatsdk._errors import ValidationError
+from chatsdk._errors import ConfigurationError, ValidationError
 from chatsdk._models import Attachment
 
 __all__ = [
+    "check_api_key",
     "check_id",
     "check_idempotency_key",
     "check_limit",
@@ -29,6 +30,38 @@ _KEY_RE = re.compile(r"[\x21-\x7e]{1,255}")
 MAX_TEXT = 4000
 MAX_ATTACHMENTS = 10
 MAX_REACTION = 64
+
+
+MAX_API_KEY = 4096
+
+
+def check_api_key(value: object) -> str:
+    """An API key: 1..4096 visible ASCII characters (no whitespace or control characters).
+
+    The error says what is wrong with the key, never what the key is: it may end up in logs,
+    crash reports and terminals.
+
+    Raises:
+        ConfigurationError: the key is not a string, is empty or too long, or has a character
+            that cannot go in an ``X-API-Key`` header as it is.
+    """
+    if not isinstance(value, str):
+        raise ConfigurationError(f"api_key must be a string, got {type(value).__name__}")
+    if not value:
+        raise ConfigurationError("api_key must not be empty")
+    if len(value) > MAX_API_KEY:
+        raise ConfigurationError(f"api_key is longer than {MAX_API_KEY} characters")
+    if value != value.strip():
+        raise ConfigurationError(
+            "api_key has leading or trailing whitespace (a newline from a key file or a "
+            "secret?): strip it"
+        )
+    if not value.isascii() or not value.isprintable() or " " in value:
+        raise ConfigurationError(
+            "api_key must be visible ASCII characters only (it has whitespace, a control "
+            "character or a non-ASCII character)"
+        )
+    return value
 
 
 def _check_str(field: str, value: object) -> str:

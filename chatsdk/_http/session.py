@@ -19,6 +19,7 @@ from chatsdk._http.adapter import ResilientAdapter, Transport
 from chatsdk._http.retry import RetryPolicy
 from chatsdk._resilience.breaker import BreakerPolicy, BreakerSnapshot, CircuitBreaker, CircuitState
 from chatsdk._resilience.hosts import Listener, host_of
+from chatsdk._validation import check_api_key
 from chatsdk._version import __version__
 
 __all__ = ["DEFAULT_TIMEOUT", "ChatSession"]
@@ -73,7 +74,8 @@ class ChatSession(requests.Session):
 
     Args:
         base_url: the server, e.g. ``"http://127.0.0.1:8800"``.
-        api_key: the API key (kept out of every repr, log and error).
+        api_key: the API key (kept out of every repr, log and error): 1..4096 visible ASCII
+            characters.
         retry: the retry policy (default :data:`chatsdk.DEFAULT_RETRY_POLICY`).
         timeout: default ``(connect, read)`` seconds, or one number for both.
         breaker: the per-host circuit breaker policy; None for the default
@@ -82,6 +84,9 @@ class ChatSession(requests.Session):
         clock: the adapter's monotonic clock (inject for tests).
         transport: makes each single attempt instead of urllib3, beneath the retry loop
             (e.g. ``chatsdk.testing.InMemoryTransport()``).
+
+    Raises:
+        ConfigurationError: the base URL or the key is invalid (the message never shows the key).
     """
 
     def __init__(
@@ -101,9 +106,9 @@ class ChatSession(requests.Session):
         parts = urlsplit(self.base_url)
         # URLs under this prefix are on the base origin without parsing them again.
         self._origin_prefix = f"{parts.scheme}://{parts.netloc}/"
-        if api_key is not None and (not isinstance(api_key, str) or not api_key):
-            raise ConfigurationError("api_key must be a non-empty string")
-        self._api_key = api_key
+        # Checked here, not when a header is built: http.client's error for a bad header
+        # value quotes the value, and that text reaches logs and the outbox's error columns.
+        self._api_key = None if api_key is None else check_api_key(api_key)
         self._environment: dict[tuple[str, str | None], tuple[float, dict[str, str], str | None]]
         self._environment = {}
         self._clock = clock or time.monotonic
