@@ -3,17 +3,20 @@
 :class:`RecordingServer` accepts loopback connections on a raw socket, records each request
 exactly as it arrived (request line, raw request-target, headers, body) and answers from a
 small routing rule of its own: creates get a 201 with a contract-shaped body, deletes a 204,
-lists a 200, and every request gets a 401 when the server is told the key is wrong. It
-never normalises or decodes the request-target, so a test sees what went on the wire.
+lists a 200. Told to, it gives every request the same fixed reply (a 401 for a wrong key,
+any status, a body that is not JSON) or no reply at all (a read timeout). It never
+normalises or decodes the request-target, so a test sees what went on the wire.
 """
 
 from __future__ import annotations
 
+import http
 import json
 import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from typing import Any
 
 import attrs
 
@@ -58,10 +61,22 @@ class RecordingServer:
 
     Args:
         unauthorized: answer every request with ``401 unauthorized`` (a wrong key).
+        reply: answer every request with this ``(status, body, headers)``; ``body`` is JSON
+            unless it is ``bytes``.
+        silent: read requests but never answer them (until closed).
     """
 
-    def __init__(self, *, unauthorized: bool = False) -> None:
-        self.unauthorized = unauthorized
+    def __init__(
+        self,
+        *,
+        unauthorized: bool = False,
+        reply: tuple[int, object, dict[str, str]] | None = None,
+        silent: bool = False,
+    ) -> None:
+        if unauthorized:
+            reply = (401, {"error": {"code": "unauthorized", "message": "wrong key"}}, {})
+        self.reply = reply
+        self.silent = silent
         self.requests: list[RecordedRequest] = []
         self._lock = threading.Lock()
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -121,6 +136,9 @@ class RecordingServer:
                     return
                 with self._lock:
                     self.requests.append(request)
+                if self.silent:
+                    self._closed.wait()
+                    return
                 conn.sendall(self._answer(request))
         except OSError:
             return
@@ -129,8 +147,8 @@ class RecordingServer:
             conn.close()
 
     def _answer(self, request: RecordedRequest) -> bytes:
-        if self.unauthorized:
-            return _response(401, {"error": {"code": "unauthorized", "message": "wrong key"}})
+        if self.reply is not None:
+            return _response(*self.reply)
         path = request.target.split("?", 1)[0]
         if request.method == "DELETE":
             return _response(204, None)
@@ -164,19 +182,24 @@ def _read_request(reader: object) -> RecordedRequest | None:
     return RecordedRequest(method, target, tuple(headers), body)
 
 
-def _response(status: int, body: object) -> bytes:
-    reasons = {200: "OK", 201: "Created", 204: "No Content", 401: "Unauthorized", 404: "Not Found"}
-    payload = b"" if body is None else json.dumps(body).encode()
-    head = f"HTTP/1.1 {status} {reasons[status]}\r\nContent-Length: {len(payload)}\r\n"
-    if body is not None:
+def _response(status: int, body: object, headers: dict[str, str] | None = None) -> bytes:
+    if isinstance(body, bytes):
+        payload = body
+    else:
+        payload = b"" if body is None else json.dumps(body).encode()
+    head = f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\n"
+    head += f"Content-Length: {len(payload)}\r\n"
+    if body is not None and not isinstance(body, bytes):
         head += "Content-Type: application/json\r\n"
+    for name, value in (headers or {}).items():
+        head += f"{name}: {value}\r\n"
     return (head + "\r\n").encode() + payload
 
 
 @contextmanager
-def recording_server(*, unauthorized: bool = False) -> Iterator[RecordingServer]:
-    """A :class:`RecordingServer` for the block, closed (threads joined) after it."""
-    server = RecordingServer(unauthorized=unauthorized)
+def recording_server(**options: Any) -> Iterator[RecordingServer]:
+    """A :class:`RecordingServer` for the block (options as its own), closed after it."""
+    server = RecordingServer(**options)
     try:
         yield server
     finally:

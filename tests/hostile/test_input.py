@@ -7,6 +7,7 @@ a recording server written for these tests (never the reference server).
 from __future__ import annotations
 
 import logging
+import pickle
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -142,9 +143,145 @@ def test_row4_a_refused_key_leaves_no_trace_in_logs_errors_or_the_outbox(
     for error in errors:
         assert not _leaks(str(error))
         assert not _leaks(repr(error))
+        assert not _leaks(pickle.dumps(error))
     assert not _leaks(repr(client)) and not _leaks(repr(client.session))
     values = _sqlite_values(path)
     assert values  # the entry is there, with its error columns
     for value in values:
         assert not _leaks(value if isinstance(value, (str, bytes)) else str(value))
     _assert_no_key_in_logs(caplog)
+
+
+# -- row 5: a pickled error holds no key, and unpickles to the same error ---------------------
+
+
+def _error(status: int, code: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": f"said the server ({code})"}}
+
+
+REPLIES = [
+    pytest.param((400, _error(400, "invalid_request"), {}), chatsdk.BadRequestError, id="400"),
+    pytest.param((401, _error(401, "unauthorized"), {}), chatsdk.UnauthorizedError, id="401"),
+    pytest.param((403, _error(403, "forbidden"), {}), chatsdk.ForbiddenError, id="403"),
+    pytest.param((404, _error(404, "not_found"), {}), chatsdk.NotFoundError, id="404"),
+    pytest.param(
+        (409, _error(409, "idempotency_key_in_use"), {}),
+        chatsdk.IdempotencyKeyInUseError,
+        id="409",
+    ),
+    pytest.param(
+        (413, _error(413, "payload_too_large"), {}), chatsdk.PayloadTooLargeError, id="413"
+    ),
+    pytest.param(
+        (422, _error(422, "idempotency_key_reused"), {}),
+        chatsdk.IdempotencyKeyReusedError,
+        id="422",
+    ),
+    pytest.param(
+        (429, _error(429, "rate_limited"), {"Retry-After": "3"}), chatsdk.RateLimitedError, id="429"
+    ),
+    pytest.param((500, _error(500, "internal"), {}), chatsdk.ServerError, id="500"),
+    pytest.param((502, b"<html>bad gateway</html>", {}), chatsdk.ServerError, id="502-html"),
+    pytest.param((201, b"not json", {}), chatsdk.InvalidResponseError, id="201-not-json"),
+]
+
+
+def _assert_pickles_clean(error: BaseException) -> BaseException:
+    """Every pickle protocol: no key in the bytes, the same type, message and attributes back."""
+    copy: BaseException | None = None
+    for protocol in range(2, pickle.HIGHEST_PROTOCOL + 1):
+        data = pickle.dumps(error, protocol=protocol)
+        assert not _leaks(data), (type(error).__name__, protocol)
+        copy = pickle.loads(data)
+        assert type(copy) is type(error)
+        assert str(copy) == str(error) and copy.args == error.args
+        for name in ("attempts", "idempotency_key", "status", "code", "message", "retry_after"):
+            assert getattr(copy, name, None) == getattr(error, name, None), name
+    assert copy is not None
+    return copy
+
+
+@pytest.mark.parametrize(("reply", "expected"), REPLIES)
+def test_row5_pickled_api_errors_hold_no_key(
+    reply: tuple[int, object, dict[str, str]], expected: type[chatsdk.APIError]
+) -> None:
+    with (
+        recording_server(reply=reply) as server,
+        ChatClient(server.url, KEY, retry=ONE_ATTEMPT) as client,
+    ):
+        with pytest.raises(expected) as info:
+            client.send_message("general", "hi", idempotency_key="key-1")
+    error = info.value
+    assert error.request is not None and error.request.headers["X-API-Key"] == KEY
+    copy = _assert_pickles_clean(error)
+    assert isinstance(copy, chatsdk.APIError)
+    assert copy.request.headers["X-API-Key"] == "[redacted]"
+    assert copy.request.headers["Idempotency-Key"] == "key-1"
+    assert copy.request.method == "POST" and copy.request.url == error.request.url
+    assert copy.response.status_code == reply[0]
+    assert copy.response.request.headers["X-API-Key"] == "[redacted]"
+    assert copy.response.content == error.response.content
+    assert copy.body == error.body
+    # The caller's own error is untouched: only the pickled copy is redacted.
+    assert error.request.headers["X-API-Key"] == KEY
+
+
+def test_row5_pickled_transport_errors_hold_no_key() -> None:
+    errors: list[BaseException] = []
+    with (
+        recording_server(silent=True) as server,
+        ChatClient(server.url, KEY, retry=ONE_ATTEMPT, timeout=(5, 0.2)) as client,
+    ):
+        with pytest.raises(chatsdk.TransportTimeoutError) as timeout:
+            client.send_message("general", "hi")
+        errors.append(timeout.value)
+    with recording_server() as gone:
+        url = gone.url  # closed when the block ends: the port now refuses
+    with ChatClient(url, KEY, retry=ONE_ATTEMPT) as client:
+        with pytest.raises(chatsdk.ConnectError) as refused:
+            client.delete_message("m1")
+        errors.append(refused.value)
+    policy = chatsdk.BreakerPolicy(failure_threshold=1, window_size=1, failed_operations=1)
+    with (
+        recording_server(reply=(500, _error(500, "internal"), {})) as server,
+        ChatClient(server.url, KEY, retry=ONE_ATTEMPT, breaker=policy) as client,
+    ):
+        with pytest.raises(chatsdk.ServerError):
+            client.delete_message("m1")
+        with pytest.raises(chatsdk.CircuitBreakerOpenError) as open_:
+            client.delete_message("m1")
+        errors.append(open_.value)
+    for error in errors:
+        copy = _assert_pickles_clean(error)
+        assert isinstance(copy, chatsdk.TransportError)
+        assert copy.request_sent == error.request_sent  # type: ignore[attr-defined]
+        if error.request is not None:  # type: ignore[attr-defined]
+            assert copy.request.headers["X-API-Key"] == "[redacted]"
+    assert errors[0].request is not None  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        chatsdk.ValidationError("text", "must not be empty"),
+        chatsdk.ConfigurationError("no API key"),
+        chatsdk.CircuitBreakerOpenError("rest:http://h:1", 2.5),
+        chatsdk.IdempotencyKeyReusedError(422, "idempotency_key_reused", "in flight", body={}),
+        chatsdk.OutboxCorruptError("/a", "/a.corrupt", "not a database"),
+        chatsdk.OutboxFileError("/a", "foreign tables"),
+        chatsdk.OutboxEntryExpiredError("too old"),
+        chatsdk.RealtimeError("closed", code=3500),
+        chatsdk.WaitTimeoutError("waited 1s"),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_row5_every_error_unpickles_to_itself(error: chatsdk.ChatSDKError) -> None:
+    error.attempts = 3
+    copy = _assert_pickles_clean(error)
+    assert vars(copy) == vars(error)
+
+
+def test_row5_an_unknown_request_object_is_not_carried_into_the_pickle() -> None:
+    error = chatsdk.TransportError("boom", request=object())
+    copy = pickle.loads(pickle.dumps(error))
+    assert copy.request is None and str(copy) == "boom"
