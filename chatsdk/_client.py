@@ -55,7 +55,16 @@ API_KEY_ENV = "CHATSDK_API_KEY"
 
 
 def _path(*parts: str) -> str:
-    return "/".join(quote(p, safe="") for p in parts)
+    """A URL path of one segment per part, whatever the part holds.
+
+    ``quote`` leaves ``.`` alone, and a ``.`` or ``..`` segment would be resolved away by
+    urllib3 (``remove_reaction("m1", "..")`` would become ``DELETE /api/messages/m1/``): such
+    segments are sent as ``%2E`` / ``%2E%2E``, which servers decode back to the part.
+    """
+    return "/".join(_DOTS.get(p) or quote(p, safe="") for p in parts)
+
+
+_DOTS = {".": "%2E", "..": "%2E%2E"}
 
 
 class ChatClient:

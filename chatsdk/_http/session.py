@@ -7,7 +7,7 @@ import platform
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import requests
 from requests.sessions import merge_setting
@@ -62,6 +62,24 @@ def normalize_base_url(base_url: object) -> str:
     if parts.query or parts.fragment:
         raise ConfigurationError("base_url must not have a query or fragment")
     return url if url.endswith("/") else url + "/"
+
+
+def encode_dot_segments(url: str) -> str:
+    """``url`` with each ``.`` or ``..`` path segment percent-encoded (``%2E``, ``%2E%2E``).
+
+    ``PreparedRequest.prepare_url`` resolves literal dot segments (urllib3's ``parse_url``)
+    and then turns ``%2E`` back into ``.`` (``requote_uri`` unquotes unreserved characters),
+    so a segment sent as ``%2E%2E`` would reach the server as ``..``; the ones left in a
+    prepared URL are those the caller encoded, and are encoded again here.
+    """
+    if "/." not in url:  # the common case, without parsing
+        return url
+    parts = urlsplit(url)
+    segments = parts.path.split("/")
+    if not any(s in (".", "..") for s in segments):
+        return url
+    path = "/".join("%2E" * len(s) if s in (".", "..") else s for s in segments)
+    return urlunsplit(parts._replace(path=path))
 
 
 class ChatSession(requests.Session):
@@ -233,8 +251,14 @@ class ChatSession(requests.Session):
         return env_proxies, env_verify
 
     def prepare_request(self, request: requests.Request) -> requests.PreparedRequest:
-        """Prepare as requests does, adding the API key only for the base URL's origin."""
+        """Prepare as requests does, adding the API key only for the base URL's origin.
+
+        A path segment the caller percent-encoded as a dot segment (``%2E``, ``%2E%2E``)
+        stays encoded: requests decodes it back to ``.``/``..``, which would reach another
+        endpoint (urllib3 already resolved the literal dot segments, as URLs mean).
+        """
         prepared = super().prepare_request(request)
+        prepared.url = encode_dot_segments(prepared.url or "")
         if self._api_key is not None and self.same_origin(prepared.url or ""):
             prepared.headers.setdefault(API_KEY_HEADER, self._api_key)
         return prepared

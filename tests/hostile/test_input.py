@@ -6,11 +6,13 @@ a recording server written for these tests (never the reference server).
 
 from __future__ import annotations
 
+import json
 import logging
 import pickle
 import sqlite3
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, unquote
 
 import pytest
 
@@ -285,3 +287,107 @@ def test_row5_an_unknown_request_object_is_not_carried_into_the_pickle() -> None
     error = chatsdk.TransportError("boom", request=object())
     copy = pickle.loads(pickle.dumps(error))
     assert copy.request is None and str(copy) == "boom"
+
+
+# -- row 6: every id and channel reaches the server as one path segment -----------------------
+
+#: value -> the segment the server must see (decoding it gives the value back).
+SEGMENTS = {
+    ".": "%2E",
+    "..": "%2E%2E",
+    "...": "...",
+    "%2e": "%252e",
+    "%2E": "%252E",
+    ".%2E": ".%252E",
+    "%2E.": "%252E.",
+    "%2e%2e": "%252e%252e",
+    ". ": ".%20",
+    "..;": "..%3B",
+    "\\..": "%5C..",
+    ".?": ".%3F",
+    "#..": "%23..",
+    "m1": "m1",
+}
+#: channels allow only [A-Za-z0-9_.:-]: the dot forms among them.
+CHANNELS = {".": "%2E", "..": "%2E%2E", "...": "...", "..:": "..%3A", ".-.": ".-."}
+
+
+def _calls(value: str, segment: str) -> list[tuple[str, Any, str]]:
+    """(name, call, the exact request-target) of every ChatClient method with a path id."""
+    return [
+        ("edit_message", lambda c: c.edit_message(value, "t"), f"PATCH /api/messages/{segment}"),
+        ("delete_message", lambda c: c.delete_message(value), f"DELETE /api/messages/{segment}"),
+        (
+            "remove_reaction(id)",
+            lambda c: c.remove_reaction(value, "ok"),
+            f"DELETE /api/messages/{segment}/reactions/ok",
+        ),
+        (
+            "remove_reaction(reaction)",
+            lambda c: c.remove_reaction("m1", value),
+            f"DELETE /api/messages/m1/reactions/{segment}",
+        ),
+        (
+            "list_messages(before)",
+            lambda c: c.list_messages("general", before=value),
+            None,  # a query value, checked below
+        ),
+    ]
+
+
+@pytest.mark.parametrize(("value", "segment"), SEGMENTS.items(), ids=repr)
+def test_row6_ids_and_reactions_reach_the_server_as_one_segment(value: str, segment: str) -> None:
+    with recording_server() as server, ChatClient(server.url, KEY, retry=ONE_ATTEMPT) as client:
+        for name, call, target in _calls(value, segment):
+            server.clear()
+            call(client)
+            (got,) = server.targets()
+            if target is None:
+                path, _, query = got.partition("?")
+                assert path == "GET /api/channels/general/messages", name
+                assert parse_qs(query)["before"] == [value], name
+                continue
+            assert got == target, name
+            # The server's own reading: split the raw path, then decode each segment.
+            segments = got.split(" ", 1)[1].split("/")
+            assert segment in segments and unquote(segment) == value
+            assert not {".", ".."} & set(segments)
+
+
+@pytest.mark.parametrize(("channel", "segment"), CHANNELS.items(), ids=repr)
+def test_row6_channels_reach_the_server_as_one_segment(channel: str, segment: str) -> None:
+    with recording_server() as server, ChatClient(server.url, KEY, retry=ONE_ATTEMPT) as client:
+        client.list_messages(channel)
+        assert server.targets() == [f"GET /api/channels/{segment}/messages?limit=50"]
+        server.clear()
+        client.send_message(channel, "hi", parent_id="..")
+        client.add_reaction("..", "..")
+        assert server.targets() == ["POST /api/messages", "POST /api/reactions"]
+        message, reaction = (json.loads(r.body) for r in server.requests)
+        assert (message["channelId"], message["parentId"]) == (channel, "..")
+        assert reaction == {"messageId": "..", "reaction": ".."}
+
+
+@pytest.mark.parametrize("channel", ["%2e", "%2E%2E", "./..", "..%2F", "a/b"])
+def test_row6_channels_outside_the_contract_are_refused_before_io(channel: str) -> None:
+    with recording_server() as server, ChatClient(server.url, KEY, retry=ONE_ATTEMPT) as client:
+        with pytest.raises(chatsdk.ValidationError, match="channelId"):
+            client.list_messages(channel)
+        with pytest.raises(chatsdk.ValidationError, match="channelId"):
+            client.send_message(channel, "hi")
+        assert server.requests == []
+
+
+def test_row6_a_session_keeps_percent_encoded_dot_segments_encoded() -> None:
+    """ChatSession itself: a caller's ``%2E%2E`` stays one segment; literal dots resolve."""
+    with recording_server() as server, ChatSession(server.url, KEY, retry=ONE_ATTEMPT) as session:
+        session.delete("api/messages/%2e%2E")
+        session.delete("api/messages/x/%2E/reactions/%2E%2E")
+        session.delete("api/messages/a/../m1")  # the caller's literal dots mean what URLs mean
+        session.delete("/api/.well-known/x")
+        assert server.targets() == [
+            "DELETE /api/messages/%2E%2E",
+            "DELETE /api/messages/x/%2E/reactions/%2E%2E",
+            "DELETE /api/messages/m1",
+            "DELETE /api/.well-known/x",
+        ]
