@@ -6,7 +6,10 @@ the wire body so the client, the outbox and the deduplication window share one d
 
 from __future__ import annotations
 
+import itertools
+import math
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -20,6 +23,8 @@ __all__ = [
     "check_id",
     "check_idempotency_key",
     "check_limit",
+    "check_reaction",
+    "check_wire_body",
     "message_body",
     "reaction_body",
     "text_body",
@@ -65,8 +70,13 @@ def check_api_key(value: object) -> str:
 
 
 def _check_str(field: str, value: object) -> str:
+    """A string that is valid Unicode: a lone surrogate cannot be sent as UTF-8."""
     if not isinstance(value, str):
         raise ValidationError(field, f"must be a string, got {type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError(field, "must be valid Unicode (it has a lone surrogate)") from None
     return value
 
 
@@ -116,14 +126,48 @@ def _attachment(index: int, item: object) -> dict[str, Any]:
     if isinstance(item, Attachment):
         item = item.to_json()
     if not isinstance(item, Mapping):
-        raise ValidationError(field, "must be an Attachment or a mapping")
+        raise ValidationError(
+            field, f"must be an Attachment or a mapping, got {type(item).__name__}"
+        )
     for key in ("type", "url"):
-        if not isinstance(item.get(key), str) or not item[key]:
+        if not _check_str(f"{field}.{key}", item.get(key)):
             raise ValidationError(f"{field}.{key}", "must be a non-empty string")
     name = item.get("name")
-    if name is not None and not isinstance(name, str):
-        raise ValidationError(f"{field}.name", "must be a string or None")
+    if name is not None:
+        _check_str(f"{field}.name", name)
     return {"type": item["type"], "url": item["url"], "name": name}
+
+
+def check_attachments(value: object) -> list[dict[str, Any]]:
+    """At most 10 attachments (an iterable of :class:`Attachment` or mappings), as wire JSON."""
+    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
+        raise ValidationError(
+            "attachments",
+            f"must be a sequence of attachments (default: none), got {type(value).__name__}",
+        )
+    # One more than allowed is enough to refuse: an endless iterable must not hang us.
+    first = itertools.islice(value, MAX_ATTACHMENTS + 1)
+    items = [_attachment(i, a) for i, a in enumerate(first)]
+    if len(items) > MAX_ATTACHMENTS:
+        raise ValidationError("attachments", f"at most {MAX_ATTACHMENTS} allowed")
+    return items
+
+
+#: Unicode categories a reaction may not hold: controls (NUL, CR, LF, tab, DEL, C1) and
+#: line/paragraph separators. Format characters (Cf) stay allowed: emoji ZWJ sequences use them.
+_REACTION_FORBIDDEN = frozenset({"Cc", "Zl", "Zp"})
+
+
+def check_reaction(value: object) -> str:
+    """A reaction: 1..64 characters, not only whitespace, no control characters or line breaks."""
+    text = _check_str("reaction", value)
+    if not 1 <= len(text) <= MAX_REACTION:
+        raise ValidationError("reaction", f"must be 1..{MAX_REACTION} characters")
+    if any(unicodedata.category(c) in _REACTION_FORBIDDEN for c in text):
+        raise ValidationError("reaction", "must not contain control characters or line breaks")
+    if text.isspace():
+        raise ValidationError("reaction", "must not be only whitespace")
+    return text
 
 
 def message_body(
@@ -133,25 +177,52 @@ def message_body(
     parent_id: object = None,
 ) -> dict[str, Any]:
     """The wire body of ``POST /api/messages``, validated."""
-    if isinstance(attachments, (str, bytes, Mapping)):
-        raise ValidationError("attachments", "must be a sequence of attachments")
-    items = [_attachment(i, a) for i, a in enumerate(attachments)]
-    if len(items) > MAX_ATTACHMENTS:
-        raise ValidationError("attachments", f"at most {MAX_ATTACHMENTS} allowed")
     return {
         "channelId": check_channel(channel_id),
         "text": check_text(text),
-        "attachments": items,
+        "attachments": check_attachments(attachments),
         "parentId": None if parent_id is None else check_id("parentId", parent_id),
     }
 
 
 def reaction_body(message_id: object, reaction: object) -> dict[str, Any]:
     """The wire body of ``POST /api/reactions``, validated."""
-    text = _check_str("reaction", reaction)
-    if not 1 <= len(text) <= MAX_REACTION:
-        raise ValidationError("reaction", f"must be 1..{MAX_REACTION} characters")
-    return {"messageId": check_id("messageId", message_id), "reaction": text}
+    return {"messageId": check_id("messageId", message_id), "reaction": check_reaction(reaction)}
+
+
+def check_wire_body(kind: str, body: object) -> None:
+    """What :meth:`Outbox.enqueue <chatsdk.Outbox.enqueue>` checks in a body given to it.
+
+    A body made elsewhere is stored as given, and the server judges its contract (a 400
+    dead-letters it); what is refused here is what could never be sent as valid JSON and
+    what ``send_*``/``queue_*`` refuse about its shape: something other than a mapping of
+    JSON values, a lone surrogate or a non-finite number anywhere, ``attachments`` that are
+    not a sequence of attachments, a malformed ``reaction``.
+    """
+    if not isinstance(body, Mapping):
+        raise ValidationError("body", f"must be a mapping, got {type(body).__name__}")
+    _check_json("", body)
+    if "attachments" in body:
+        check_attachments(body["attachments"])
+    if kind == "reaction" and "reaction" in body:
+        check_reaction(body["reaction"])
+
+
+def _check_json(field: str, value: object) -> None:
+    """``value`` (at ``field``, "" for the body itself) is JSON that encodes as valid UTF-8."""
+    if isinstance(value, str):
+        _check_str(field, value)
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ValidationError(field, f"must be a finite number, got {value!r}")
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            name = _check_str(f"{field or 'body'} (a key)", key)
+            _check_json(f"{field}.{name}" if field else name, item)
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_json(f"{field}[{i}]", item)
+    elif value is not None and not isinstance(value, (bool, int, float)):
+        raise ValidationError(field, f"must be a JSON value, got {type(value).__name__}")
 
 
 def text_body(text: object) -> dict[str, Any]:

@@ -43,6 +43,7 @@ from chatsdk._outbox.models import (
 from chatsdk._outbox.sqlite import Durability
 from chatsdk._outbox.sqlite_store import SQLiteStore, owner_alive
 from chatsdk._outbox.store import Follow, Row, Store, parse_target
+from chatsdk._validation import check_wire_body
 
 __all__ = ["Durability", "Follow", "Operation", "Outbox", "OutboxEntry", "OutboxStats"]
 
@@ -233,12 +234,16 @@ class Outbox:
                 is delivered, by any drainer) if and only if the caller commits.
 
         Raises:
+            ValidationError: ``body`` is not JSON that can be sent (a lone surrogate, a
+                non-finite number), or has ``attachments`` or a ``reaction`` that
+                ``queue_message``/``queue_reaction`` would refuse; nothing was stored.
             ValueError: ``kind`` is unknown, or the key is in use for a different operation.
             TypeError: ``connection`` is not a psycopg 3 connection, or the outbox is SQLite.
             OutboxError: the store cannot be written (e.g. the database is unreachable).
         """
         if kind not in ("message", "reaction"):
             raise ValueError(f"kind must be 'message' or 'reaction', got {kind!r}")
+        check_wire_body(kind, body)
         key = idempotency_key or str(uuid.uuid4())
         text = _ENCODER.encode(body)
         now = self._clock()

@@ -6,6 +6,7 @@ a recording server written for these tests (never the reference server).
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import pickle
@@ -391,3 +392,174 @@ def test_row6_a_session_keeps_percent_encoded_dot_segments_encoded() -> None:
             "DELETE /api/messages/m1",
             "DELETE /api/.well-known/x",
         ]
+
+
+# -- row 12: bad text, attachments and reactions: a ValidationError naming the field ----------
+
+_GOOD = {"channel_id": "general", "text": "hi"}
+
+BAD_MESSAGES = [
+    pytest.param({"text": "hi \ud800"}, "text", id="text-lone-high-surrogate"),
+    pytest.param({"text": "\udfff"}, "text", id="text-lone-low-surrogate"),
+    pytest.param({"channel_id": "gen\ud800"}, "channelId", id="channel-surrogate"),
+    pytest.param({"parent_id": "m\ud800"}, "parentId", id="parent-surrogate"),
+    pytest.param({"attachments": None}, "attachments", id="attachments-None"),
+    pytest.param({"attachments": 5}, "attachments", id="attachments-5"),
+    pytest.param({"attachments": "file.png"}, "attachments", id="attachments-str"),
+    pytest.param({"attachments": [5]}, "attachments[0]", id="attachment-int"),
+    pytest.param({"attachments": ["file.png"]}, "attachments[0]", id="attachment-str"),
+    pytest.param({"attachments": [None]}, "attachments[0]", id="attachment-None"),
+    pytest.param(
+        {"attachments": [{"type": "image", "url": 5}]}, "attachments[0].url", id="url-int"
+    ),
+    pytest.param(
+        {"attachments": [{"type": "image", "url": "u\ud800"}]},
+        "attachments[0].url",
+        id="url-surrogate",
+    ),
+    pytest.param(
+        {"attachments": [{"type": "i", "url": "u", "name": "\ud800"}]},
+        "attachments[0].name",
+        id="name-surrogate",
+    ),
+    pytest.param(
+        {"attachments": [{"type": "i", "url": "u"}] * 11}, "attachments", id="eleven-attachments"
+    ),
+]
+
+
+def _wire(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The wire body a caller of ``Outbox.enqueue`` would build from send_message's kwargs."""
+    merged = {**_GOOD, "attachments": [], "parent_id": None, **kwargs}
+    return {
+        "channelId": merged["channel_id"],
+        "text": merged["text"],
+        "attachments": merged["attachments"],
+        "parentId": merged["parent_id"],
+    }
+
+
+@pytest.mark.parametrize(("kwargs", "field"), BAD_MESSAGES)
+def test_row12_bad_messages_are_refused_alike_before_io(
+    kwargs: dict[str, Any], field: str, tmp_path: Path
+) -> None:
+    with (
+        recording_server() as server,
+        ChatClient(server.url, KEY, outbox=tmp_path / "o.db", close_timeout=0) as client,
+    ):
+        outbox = client.outbox
+        assert outbox is not None
+        texts = []
+        for name, call in (
+            ("send_message", lambda: client.send_message(**{**_GOOD, **kwargs})),
+            ("queue_message", lambda: client.queue_message(**{**_GOOD, **kwargs})),
+            (
+                "Outbox.enqueue",
+                lambda: outbox.enqueue("message", "general", _wire(kwargs)),
+            ),
+        ):
+            with pytest.raises(chatsdk.ValidationError) as info:
+                call()
+            assert info.value.field == field, name
+            texts.append(str(info.value))
+        assert len(set(texts)) == 1, texts  # the same words whichever way it came in
+        assert outbox.pending_count() == 0
+        assert server.requests == []
+
+
+def test_row12_an_endless_attachments_iterable_is_refused_without_hanging() -> None:
+    with recording_server() as server, ChatClient(server.url, KEY) as client:
+        forever = itertools.repeat(chatsdk.Attachment(type="image", url="u"))
+        with pytest.raises(chatsdk.ValidationError, match="at most 10") as info:
+            client.send_message("general", "hi", attachments=forever)
+        assert info.value.field == "attachments"
+        assert server.requests == []
+
+
+BAD_REACTIONS = [
+    pytest.param("ok\x00", id="nul"),
+    pytest.param("\r\n", id="crlf"),
+    pytest.param("ok\r\nX-Evil: 1", id="header-injection"),
+    pytest.param("ok\n", id="lf"),
+    pytest.param("\tok", id="tab"),
+    pytest.param("ok\x7f", id="del"),
+    pytest.param("ok\x85", id="c1-next-line"),
+    pytest.param("a\u2028b", id="line-separator"),
+    pytest.param("   ", id="spaces"),
+    pytest.param("\u3000", id="ideographic-space"),
+    pytest.param("\ud83d", id="lone-surrogate"),
+    pytest.param("\U0001f44d\udc4d", id="emoji-then-surrogate"),
+    pytest.param("", id="empty"),
+    pytest.param("x" * 65, id="too-long"),
+    pytest.param(5, id="int"),
+    pytest.param(None, id="None"),
+]
+
+
+@pytest.mark.parametrize("reaction", BAD_REACTIONS)
+def test_row12_bad_reactions_are_refused_alike_before_io(reaction: Any, tmp_path: Path) -> None:
+    with (
+        recording_server() as server,
+        ChatClient(server.url, KEY, outbox=tmp_path / "o.db", close_timeout=0) as client,
+    ):
+        outbox = client.outbox
+        assert outbox is not None
+        texts = []
+        for name, call in (
+            ("add_reaction", lambda: client.add_reaction("m1", reaction)),
+            ("queue_reaction", lambda: client.queue_reaction("m1", reaction)),
+            ("remove_reaction", lambda: client.remove_reaction("m1", reaction)),
+            (
+                "Outbox.enqueue",
+                lambda: outbox.enqueue(
+                    "reaction", "reaction/m1", {"messageId": "m1", "reaction": reaction}
+                ),
+            ),
+        ):
+            with pytest.raises(chatsdk.ValidationError) as info:
+                call()
+            assert info.value.field == "reaction", name
+            texts.append(str(info.value))
+        assert len(set(texts)) == 1, texts
+        with pytest.raises(chatsdk.ValidationError) as info:
+            client.add_reaction("m\ud800", "ok")
+        assert info.value.field == "messageId"
+        assert outbox.pending_count() == 0
+        assert server.requests == []
+
+
+@pytest.mark.parametrize(
+    "reaction",
+    ["\U0001f44d", "\U0001f468\u200d\U0001f469\u200d\U0001f467", "+1", "ok", " ok", "\u2764\ufe0f"],
+)
+def test_row12_real_reactions_still_go_through(reaction: str) -> None:
+    with recording_server() as server, ChatClient(server.url, KEY) as client:
+        client.add_reaction("m1", reaction)
+        client.remove_reaction("m1", reaction)
+        post, delete = server.requests
+        assert json.loads(post.body)["reaction"] == reaction
+        assert unquote(delete.target.rsplit("/", 1)[1]) == reaction
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"channelId": "c", "text": "x", "extra": float("nan")}, "extra"),
+        ({"channelId": "c", "text": "x", "meta": {"k": [float("inf")]}}, "meta.k[0]"),
+        ({"channelId": "c", "text": "x", "meta": {"\ud800": 1}}, "meta (a key)"),
+        ({"channelId": "c", "text": "x", "meta": object()}, "meta"),
+        ({1: "x"}, "body (a key)"),
+        (["not", "a", "mapping"], "body"),
+    ],
+)
+def test_row12_outbox_enqueue_refuses_bodies_that_are_not_sendable_json(
+    body: Any, field: str, tmp_path: Path
+) -> None:
+    with chatsdk.Outbox(tmp_path / "o.db") as outbox:
+        with pytest.raises(chatsdk.ValidationError) as info:
+            outbox.enqueue("message", "c", body)
+        assert info.value.field == field
+        assert outbox.pending_count() == 0
+        # What the server judges (lengths, patterns) is still stored as given.
+        outbox.enqueue("message", "c", {"channelId": "c", "text": "x" * 5000, "n": [1, 2.5, True]})
+        assert outbox.pending_count() == 1
