@@ -11,6 +11,7 @@ import json
 import logging
 import pickle
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote
@@ -563,3 +564,86 @@ def test_row12_outbox_enqueue_refuses_bodies_that_are_not_sendable_json(
         # What the server judges (lengths, patterns) is still stored as given.
         outbox.enqueue("message", "c", {"channelId": "c", "text": "x" * 5000, "n": [1, 2.5, True]})
         assert outbox.pending_count() == 1
+
+
+# -- row 13: an interrupt in the leader's thread stays there ----------------------------------
+
+
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, SystemExit])
+def test_row13_followers_get_a_chatsdk_error_when_the_leader_is_interrupted(
+    interrupt: type[BaseException],
+) -> None:
+    outcomes: dict[str, BaseException | None] = {}
+    client: ChatClient | None = None
+
+    def interrupting_sleep(_seconds: float) -> None:
+        # The leader's retry sleep: once the follower waits on this call, "Ctrl-C" it.
+        assert client is not None
+        flight = client._dedup._flights["k1"]
+        assert wait_until(lambda: flight.followers == 1, timeout=30)
+        raise interrupt()
+
+    def call(name: str) -> None:
+        assert client is not None
+        try:
+            client.send_message("general", "hi", idempotency_key="k1")
+        except BaseException as exc:  # what each thread got is the point
+            outcomes[name] = exc
+        else:
+            outcomes[name] = None
+
+    busy = (503, _error(503, "unavailable"), {})
+    with recording_server(reply=busy) as server:
+        retry = RetryPolicy(max_attempts=2, base_delay=0.01, deadline=None)
+        session = ChatSession(server.url, KEY, retry=retry, sleep=interrupting_sleep)
+        client = ChatClient(session=session)
+        with client:
+            leader = threading.Thread(target=call, args=("leader",))
+            leader.start()
+            assert wait_until(lambda: "k1" in client._dedup._flights, timeout=30)
+            follower = threading.Thread(target=call, args=("follower",))
+            follower.start()
+            leader.join(30)
+            follower.join(30)
+            assert not leader.is_alive() and not follower.is_alive()
+            assert client._dedup._flights == {}
+        assert len(server.requests) == 1  # the follower never sent: it shared the call
+    assert isinstance(outcomes["leader"], interrupt)
+    error = outcomes["follower"]
+    assert type(error) is chatsdk.ChatSDKError
+    assert "interrupted" in str(error) and interrupt.__name__ in str(error)
+    assert error.idempotency_key == "k1"
+    assert error.__cause__ is None and error.__suppress_context__
+
+
+def test_row13_an_ordinary_leader_error_is_still_shared() -> None:
+    """The follower of a leader that failed normally gets that error, as before."""
+    client: ChatClient | None = None
+
+    def waiting_sleep(_seconds: float) -> None:
+        assert client is not None
+        flight = client._dedup._flights["k2"]
+        assert wait_until(lambda: flight.followers == 1, timeout=30)
+
+    errors: dict[str, BaseException] = {}
+
+    def call(name: str) -> None:
+        assert client is not None
+        try:
+            client.send_message("general", "hi", idempotency_key="k2")
+        except chatsdk.ChatSDKError as exc:
+            errors[name] = exc
+
+    with recording_server(reply=(503, _error(503, "unavailable"), {})) as server:
+        retry = RetryPolicy(max_attempts=2, base_delay=0.01, deadline=None)
+        session = ChatSession(server.url, KEY, retry=retry, sleep=waiting_sleep)
+        with ChatClient(session=session) as client:
+            leader = threading.Thread(target=call, args=("leader",))
+            leader.start()
+            assert wait_until(lambda: "k2" in client._dedup._flights, timeout=30)
+            follower = threading.Thread(target=call, args=("follower",))
+            follower.start()
+            leader.join(30)
+            follower.join(30)
+    assert isinstance(errors["leader"], chatsdk.ServerError)
+    assert errors["follower"] is errors["leader"]
