@@ -38,6 +38,7 @@ from chatsdk._validation import (
     check_id,
     check_idempotency_key,
     check_limit,
+    check_seconds,
     message_body,
     reaction_body,
     text_body,
@@ -89,6 +90,7 @@ class ChatClient:
         close_timeout: :meth:`close` (and the exit of the process, see
             :func:`chatsdk.install_signal_handlers`) waits at most this many seconds for the
             entries this process queued; the rest stays on disk for the next process.
+            A finite number >= 0.
         transport: makes each single HTTP attempt instead of urllib3, beneath the retries,
             breaker and budget: ``chatsdk.testing.InMemoryTransport()`` in tests.
         on_event: a callable (or callables) receiving this client's typed events
@@ -148,9 +150,9 @@ class ChatClient:
             )
         self._events = self.session.adapter.events
         self._events.add(on_event)
-        if isinstance(close_timeout, bool) or not close_timeout >= 0:
-            raise ConfigurationError(f"close_timeout must be >= 0, got {close_timeout!r}")
-        self.close_timeout = float(close_timeout)
+        close = check_seconds("close_timeout", close_timeout, error=ConfigurationError)
+        assert close is not None  # (None and infinity are refused without none=True)
+        self.close_timeout = close
         self._dedup = Deduplicator(dedup_window)
         self._outbox: Outbox | None = None
         self._drainer: Drainer | None = None
@@ -307,6 +309,7 @@ class ChatClient:
         """Stop this client's outbox drainer: deliveries in flight finish (for at most
         ``timeout`` seconds), claimed entries not yet started are given back for any other
         drainer. True when every delivery in flight ended in time."""
+        timeout = check_seconds("timeout", timeout, none=True)
         return True if self._drainer is None else self._drainer.stop(timeout)
 
     def flush(self, timeout: float | None = None) -> FlushResult:
@@ -316,7 +319,11 @@ class ChatClient:
             How many entries (of any process) are still pending: falsy when ``timeout``
             passed first or draining is stopped (a 401/403). A client without an outbox
             has nothing to flush (truthy, 0 pending).
+
+        Raises:
+            ValueError: ``timeout`` is NaN or negative (None or infinity: no limit).
         """
+        timeout = check_seconds("timeout", timeout, none=True)
         if self._drainer is None or self._outbox is None:
             return FlushResult()
         self._drainer.flush(timeout)

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import itertools
 import math
+import numbers
 import re
 import unicodedata
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
+import urllib3
 
 from chatsdk._errors import ConfigurationError, ValidationError
 from chatsdk._models import Attachment
@@ -24,6 +26,8 @@ __all__ = [
     "check_idempotency_key",
     "check_limit",
     "check_reaction",
+    "check_seconds",
+    "check_timeout",
     "check_wire_body",
     "message_body",
     "reaction_body",
@@ -230,22 +234,98 @@ def text_body(text: object) -> dict[str, Any]:
     return {"text": check_text(text)}
 
 
+# Durations and other numbers of public parameters, checked at the call that takes them.
+
+
+def check_seconds(
+    name: str,
+    value: object,
+    *,
+    none: bool = False,
+    positive: bool = False,
+    error: type[ValueError] = ValueError,
+) -> float | None:
+    """Seconds given to a public parameter, checked where they are given.
+
+    NaN and negative numbers (and 0, where ``positive``) are refused: compared with
+    anything, NaN is never "past", so a wait for NaN seconds never ends. Infinity means
+    "no limit" only where None does (``none``): both then give None; elsewhere it is
+    refused, as no sleep or socket can take it.
+
+    Raises:
+        ValueError: (or ``error``, a subclass) the number is not a valid duration.
+        TypeError: ``value`` is not a real number (bool is not one).
+    """
+    seconds = _number(name, value, none=none, positive=positive, error=error, unit=" seconds")
+    return None if seconds is None or math.isinf(seconds) else seconds
+
+
+def check_timeout(
+    value: object, *, error: type[ValueError] = ValueError
+) -> float | tuple[float | None, float | None] | urllib3.Timeout | None:
+    """A requests ``timeout``: seconds, a ``(connect, read)`` pair, a urllib3 ``Timeout``.
+
+    Each number must be > 0 (urllib3 refuses 0); None or infinity in a pair is no limit for
+    that phase; a single infinity is ``(None, None)``. None stays None (the default applies).
+    """
+    if value is None or isinstance(value, urllib3.Timeout):
+        return value
+    if isinstance(value, tuple):
+        if len(value) != 2:
+            raise error(f"timeout must be seconds or a (connect, read) pair, got {value!r}")
+        connect, read = value
+        return (
+            check_seconds("connect timeout", connect, none=True, positive=True, error=error),
+            check_seconds("read timeout", read, none=True, positive=True, error=error),
+        )
+    seconds = check_seconds("timeout", value, none=True, positive=True, error=error)
+    return (None, None) if seconds is None else seconds
+
+
+def _number(
+    name: str,
+    value: object,
+    *,
+    none: bool = False,
+    positive: bool = False,
+    infinite: bool = True,
+    error: type[ValueError] = ValueError,
+    unit: str = "",
+) -> float | None:
+    if value is None and none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number{unit}, got {type(value).__name__}")
+    number = float(value)
+    if math.isnan(number) or number < 0 or (positive and number == 0):
+        raise error(f"{name} must be {'> 0' if positive else '>= 0'}{unit}, got {value!r}")
+    if math.isinf(number) and not (none and infinite):
+        hint = " (None for no limit)" if none else ""
+        raise error(f"{name} must be a finite number{unit}{hint}, got {value!r}")
+    return number
+
+
 # Attribute validators of the frozen policy objects (attrs ``validator=``).
 
 
+def no_limit_if_infinite(value: Any) -> Any:
+    """attrs ``converter=`` of a limit whose None means "no limit": infinity becomes None."""
+    if isinstance(value, float) and math.isinf(value) and value > 0:
+        return None
+    return value
+
+
 def positive(_inst: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if not value > 0:
-        raise ValueError(f"{attribute.name} must be > 0, got {value!r}")
+    _number(attribute.name, value, positive=True)
 
 
 def non_negative(_inst: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if not value >= 0:
-        raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")
+    _number(attribute.name, value)
 
 
 def optional_positive(_inst: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
-    if value is not None and not value > 0:
-        raise ValueError(f"{attribute.name} must be > 0 or None, got {value!r}")
+    # A validator cannot turn infinity into None: it is refused, with the way to say it.
+    _number(attribute.name, value, none=True, positive=True, infinite=False)
 
 
 def statuses(_inst: object, attribute: attrs.Attribute[frozenset[int]], value: object) -> None:

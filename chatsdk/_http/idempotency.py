@@ -29,6 +29,7 @@ import attrs
 
 from chatsdk import _fork
 from chatsdk._errors import ChatSDKError, ConfigurationError, IdempotencyKeyReusedError
+from chatsdk._validation import check_seconds
 
 __all__ = [
     "NAMESPACE_ENV",
@@ -226,9 +227,9 @@ class Deduplicator:
         clock: Callable[[], float] = time.monotonic,
         max_entries: int = 4096,
     ) -> None:
-        if not window >= 0:
-            raise ConfigurationError(f"dedup_window must be >= 0, got {window!r}")
-        self.window = window
+        checked = check_seconds("dedup_window", window, error=ConfigurationError)
+        assert checked is not None  # (None and infinity are refused without none=True)
+        self.window = checked
         self._clock = clock
         self._max_entries = max_entries
         self._lock = threading.Lock()

@@ -19,7 +19,7 @@ from chatsdk._http.adapter import ResilientAdapter, Transport
 from chatsdk._http.retry import RetryPolicy
 from chatsdk._resilience.breaker import BreakerPolicy, BreakerSnapshot, CircuitBreaker, CircuitState
 from chatsdk._resilience.hosts import Listener, host_of
-from chatsdk._validation import check_api_key
+from chatsdk._validation import check_api_key, check_timeout
 from chatsdk._version import __version__
 
 __all__ = ["DEFAULT_TIMEOUT", "ChatSession"]
@@ -95,7 +95,8 @@ class ChatSession(requests.Session):
         api_key: the API key (kept out of every repr, log and error): 1..4096 visible ASCII
             characters.
         retry: the retry policy (default :data:`chatsdk.DEFAULT_RETRY_POLICY`).
-        timeout: default ``(connect, read)`` seconds, or one number for both.
+        timeout: default ``(connect, read)`` seconds, or one number for both; infinity (or
+            None in the pair) for no limit. NaN, negative or 0: ``ConfigurationError``.
         breaker: the per-host circuit breaker policy; None for the default
             :class:`BreakerPolicy`, False for no circuit breaking.
         sleep: the adapter's sleep between attempts (inject for tests).
@@ -130,7 +131,9 @@ class ChatSession(requests.Session):
         self._environment: dict[tuple[str, str | None], tuple[float, dict[str, str], str | None]]
         self._environment = {}
         self._clock = clock or time.monotonic
-        self.timeout = DEFAULT_TIMEOUT if timeout is None else timeout
+        checked = check_timeout(timeout, error=ConfigurationError)
+        #: the ``timeout`` of calls that give none (requests' forms: seconds, a pair, a Timeout).
+        self.timeout: Any = DEFAULT_TIMEOUT if checked is None else checked
         self.headers["User-Agent"] = USER_AGENT
         options: dict[str, Any] = {}
         if sleep is not None:
@@ -175,14 +178,23 @@ class ChatSession(requests.Session):
     def request(
         self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any
     ) -> requests.Response:
-        """As :meth:`requests.Session.request`, with ``url`` relative to ``base_url``."""
+        """As :meth:`requests.Session.request`, with ``url`` relative to ``base_url``.
+
+        ``timeout`` is checked before anything is sent: NaN, negative or 0 raise
+        ``ValueError``; infinity (or None in a pair) is no limit; None is the session's.
+        """
         if isinstance(url, bytes):
             url = url.decode()
         if "://" not in url:
             url = self.base_url + url.lstrip("/")
+        positional = len(args) > 6  # requests' order: params ... auth, timeout
+        timeout = check_timeout(args[6] if positional else kwargs.get("timeout"))
+        timeout = self.timeout if timeout is None else timeout
+        if positional:
+            args = (*args[:6], timeout, *args[7:])
+        else:
+            kwargs["timeout"] = timeout
         self._fail_fast(url, kwargs.get("headers"))
-        if kwargs.get("timeout") is None and (len(args) < 7 or args[6] is None):
-            kwargs["timeout"] = self.timeout
         tracer = _instrument.tracer
         if tracer is None:
             return super().request(method, url, *args, **kwargs)

@@ -43,7 +43,7 @@ from chatsdk._outbox.models import (
 from chatsdk._outbox.sqlite import Durability
 from chatsdk._outbox.sqlite_store import SQLiteStore, owner_alive
 from chatsdk._outbox.store import Follow, Row, Store, parse_target
-from chatsdk._validation import check_wire_body
+from chatsdk._validation import check_seconds, check_wire_body
 
 __all__ = ["Durability", "Follow", "Operation", "Outbox", "OutboxEntry", "OutboxStats"]
 
@@ -101,8 +101,9 @@ class Outbox:
     ) -> None:
         if durability not in ("normal", "full"):
             raise ValueError(f"durability must be 'normal' or 'full', got {durability!r}")
-        if not lease_seconds > 0 or not max_age > 0 or not sent_retention >= 0:
-            raise ValueError("lease_seconds and max_age must be > 0, sent_retention >= 0")
+        check_seconds("lease_seconds", lease_seconds, positive=True)
+        check_seconds("max_age", max_age, positive=True)
+        check_seconds("sent_retention", sent_retention)
         if max_attempts is not None and (
             isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1
         ):
@@ -369,6 +370,7 @@ class Outbox:
 
     def wait(self, entry_id: int, timeout: float | None = None) -> Message | Reaction:
         """Block until entry ``entry_id`` is finished; see :meth:`OutboxEntry.wait`."""
+        timeout = check_seconds("timeout", timeout, none=True)
         self._store.watch()
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -397,7 +399,9 @@ class Outbox:
 
         ``give_up()``, checked at every wake-up, ends the wait early with False. With
         ``own``, only the entries this process queued count (see :meth:`pending_count`).
+        ``timeout``: None or infinity for no limit; NaN or negative raise ``ValueError``.
         """
+        timeout = check_seconds("timeout", timeout, none=True)
         self._store.watch()
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:

@@ -20,6 +20,7 @@ import pytest
 
 import chatsdk
 from chatsdk import ChatClient, ChatSession, ConfigurationError, RetryPolicy
+from chatsdk.integrations import _commands
 from tests.helpers import wait_until
 from tests.hostile.input_servers import recording_server
 
@@ -647,3 +648,185 @@ def test_row13_an_ordinary_leader_error_is_still_shared() -> None:
             follower.join(30)
     assert isinstance(errors["leader"], chatsdk.ServerError)
     assert errors["follower"] is errors["leader"]
+
+
+# -- row 11: NaN, negative (and where None is not "no limit", infinite) durations -------------
+
+NAN, INF = float("nan"), float("inf")
+_WS = "ws://127.0.0.1:9/connection/websocket"
+
+#: (name, call with the duration, None means "no limit" there): every public duration.
+CONSTRUCTOR_DURATIONS: list[tuple[str, Any, bool]] = [
+    ("ChatClient(timeout)", lambda v: ChatClient("http://127.0.0.1:9", KEY, timeout=v), True),
+    (
+        "ChatClient(timeout=(v, 5))",
+        lambda v: ChatClient("http://127.0.0.1:9", KEY, timeout=(v, 5)),
+        True,
+    ),
+    (
+        "ChatClient(timeout=(5, v))",
+        lambda v: ChatClient("http://127.0.0.1:9", KEY, timeout=(5, v)),
+        True,
+    ),
+    ("ChatSession(timeout)", lambda v: ChatSession("http://127.0.0.1:9", KEY, timeout=v), True),
+    (
+        "ChatClient(close_timeout)",
+        lambda v: ChatClient("http://127.0.0.1:9", KEY, close_timeout=v),
+        False,
+    ),
+    (
+        "ChatClient(dedup_window)",
+        lambda v: ChatClient("http://127.0.0.1:9", KEY, dedup_window=v),
+        False,
+    ),
+    ("RetryPolicy(deadline)", lambda v: RetryPolicy(deadline=v), True),
+    ("RetryPolicy(base_delay)", lambda v: RetryPolicy(base_delay=v), False),
+    ("RetryPolicy(max_delay)", lambda v: RetryPolicy(max_delay=v), False),
+    ("RetryPolicy(max_retry_after)", lambda v: RetryPolicy(max_retry_after=v), False),
+    ("BreakerPolicy(window)", lambda v: chatsdk.BreakerPolicy(window=v), False),
+    (
+        "BreakerPolicy(recovery_timeout)",
+        lambda v: chatsdk.BreakerPolicy(recovery_timeout=v),
+        False,
+    ),
+    ("CircuitBreaker(window)", lambda v: chatsdk.CircuitBreaker("b", window=v), False),
+    (
+        "CircuitBreaker(recovery_timeout)",
+        lambda v: chatsdk.CircuitBreaker("b", recovery_timeout=v),
+        False,
+    ),
+    ("RealtimeClient(timeout)", lambda v: chatsdk.RealtimeClient(_WS, timeout=v), False),
+    ("RealtimeClient(ping_grace)", lambda v: chatsdk.RealtimeClient(_WS, ping_grace=v), False),
+    (
+        "RealtimeClient(min_reconnect_delay)",
+        lambda v: chatsdk.RealtimeClient(_WS, min_reconnect_delay=v),
+        False,
+    ),
+    (
+        "RealtimeClient(max_reconnect_delay)",
+        lambda v: chatsdk.RealtimeClient(_WS, max_reconnect_delay=v),
+        False,
+    ),
+    (
+        "RealtimeClient(restart_spread)",
+        lambda v: chatsdk.RealtimeClient(_WS, restart_spread=v),
+        False,
+    ),
+    (
+        "RealtimeClient(stable_after)",
+        lambda v: chatsdk.RealtimeClient(_WS, stable_after=v),
+        False,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("build", "no_limit"),
+    [pytest.param(b, n, id=name) for name, b, n in CONSTRUCTOR_DURATIONS],
+)
+@pytest.mark.parametrize("value", [NAN, -1.0, -INF, INF, 0.0], ids=repr)
+def test_row11_constructor_durations_are_checked(build: Any, no_limit: bool, value: float) -> None:
+    built: Any = None
+    try:
+        if value != value or value < 0 or (value == INF and not no_limit):
+            with pytest.raises(ValueError):
+                built = build(value)
+        else:
+            try:
+                built = build(value)  # 0 is refused only where it cannot work (checked below)
+            except ValueError as exc:
+                assert value == 0, exc
+    finally:
+        if built is not None and hasattr(built, "close"):
+            built.close()
+
+
+@pytest.mark.parametrize("value", [NAN, -1.0, -INF], ids=repr)
+def test_row11_wait_durations_refuse_nan_and_negative_at_the_call(
+    value: float, tmp_path: Path
+) -> None:
+    with recording_server() as server:
+        client = ChatClient(server.url, KEY, outbox=tmp_path / "o.db", close_timeout=5)
+        realtime = chatsdk.RealtimeClient(_WS)
+        try:
+            entry = client.queue_message("general", "hi")
+            outbox = client.outbox
+            assert outbox is not None
+            subscription = realtime.subscribe("chat:general", lambda _pub: None)
+            calls = {
+                "ChatClient.flush": lambda: client.flush(value),
+                "ChatClient.stop_draining": lambda: client.stop_draining(value),
+                "Outbox.wait": lambda: outbox.wait(entry.id, value),
+                "Outbox.wait_idle": lambda: outbox.wait_idle(value),
+                "OutboxEntry.wait": lambda: entry.wait(value),
+                "ChatSession.request": lambda: client.session.get("api/health", timeout=value),
+                "ChatSession.request(pair)": lambda: client.session.get(
+                    "api/health", timeout=(5, value)
+                ),
+                "ChatSession.request(positional)": lambda: client.session.request(
+                    "GET", "api/health", None, None, None, None, None, None, value
+                ),
+                "RealtimeClient.wait_connected": lambda: realtime.wait_connected(value),
+                "Subscription.wait_subscribed": lambda: subscription.wait_subscribed(value),
+            }
+            for name, call in calls.items():
+                with pytest.raises(ValueError, match="timeout"):
+                    call()
+                assert name  # (named for the failure message)
+            assert all(r.target.startswith("POST /api/messages") for r in server.requests)
+        finally:
+            realtime.close()
+            client.close()
+
+
+def test_row11_infinity_means_no_limit_where_none_does(tmp_path: Path) -> None:
+    assert RetryPolicy(deadline=INF).deadline is None
+    with recording_server() as server:
+        session = ChatSession(server.url, KEY, timeout=INF)
+        assert session.timeout == (None, None)
+        assert session.get("api/channels/c/messages", timeout=(INF, 5)).status_code == 200
+        assert session.get("api/channels/c/messages").status_code == 200
+        positional = session.request("GET", "api/channels/c/messages", *[None] * 6, INF)
+        assert positional.status_code == 200
+        session.close()
+        with ChatClient(
+            server.url, KEY, outbox=tmp_path / "o.db", retry=RetryPolicy(deadline=INF)
+        ) as client:
+            entry = client.queue_message("general", "hi")
+            assert entry.wait(INF).id == "m1"
+            assert client.outbox is not None
+            assert client.outbox.wait(entry.id, INF).id == "m1"
+            assert client.flush(INF)
+            assert client.outbox.wait_idle(INF)
+            assert client.list_messages("general") == []
+            assert client.stop_draining(INF)
+    realtime = chatsdk.RealtimeClient(_WS)
+    try:
+        assert realtime.wait_connected(INF) is False  # not started: answers at once
+    finally:
+        realtime.close()
+
+
+def test_row11_a_duration_that_is_not_a_number_is_a_type_error() -> None:
+    with pytest.raises(TypeError, match="close_timeout"):
+        ChatClient("http://127.0.0.1:9", KEY, close_timeout="2")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="timeout"):
+        ChatClient("http://127.0.0.1:9", KEY, timeout=True)
+    with pytest.raises(ValueError, match="pair"):
+        ChatSession("http://127.0.0.1:9", KEY, timeout=(1, 2, 3))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("value", [NAN, -5.0], ids=repr)
+def test_row11_drain_and_status_commands_refuse_nan_and_negative(value: float) -> None:
+    """The Django/Flask commands pass ``--timeout``/``--max-age`` floats straight through."""
+    errors: list[str] = []
+
+    def never() -> Any:
+        raise AssertionError("nothing is opened for a bad argument")
+
+    code = _commands.drain(
+        never, never, once=True, timeout=value, out=errors.append, err=errors.append
+    )
+    assert code == 2 and "--timeout" in errors[-1]
+    code = _commands.status(never, max_age=value, out=errors.append, err=errors.append)
+    assert code == 2 and "--max-age" in errors[-1]
