@@ -154,6 +154,8 @@ def test_row4_a_refused_key_leaves_no_trace_in_logs_errors_or_the_outbox(
     assert values  # the entry is there, with its error columns
     for value in values:
         assert not _leaks(value if isinstance(value, (str, bytes)) else str(value))
+    # The capture did see the request path's DEBUG records (urllib3's among them).
+    assert any(r.name.startswith("urllib3") and r.levelno == logging.DEBUG for r in caplog.records)
     _assert_no_key_in_logs(caplog)
 
 
