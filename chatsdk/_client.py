@@ -34,10 +34,12 @@ from chatsdk._outbox.outbox import Outbox
 from chatsdk._realtime.client import RealtimeClient
 from chatsdk._resilience.breaker import BreakerPolicy
 from chatsdk._validation import (
+    check_api_key,
     check_channel,
     check_id,
     check_idempotency_key,
     check_limit,
+    check_seconds,
     message_body,
     reaction_body,
     text_body,
@@ -55,7 +57,16 @@ API_KEY_ENV = "CHATSDK_API_KEY"
 
 
 def _path(*parts: str) -> str:
-    return "/".join(quote(p, safe="") for p in parts)
+    """A URL path of one segment per part, whatever the part holds.
+
+    ``quote`` leaves ``.`` alone, and a ``.`` or ``..`` segment would be resolved away by
+    urllib3 (``remove_reaction("m1", "..")`` would become ``DELETE /api/messages/m1/``): such
+    segments are sent as ``%2E`` / ``%2E%2E``, which servers decode back to the part.
+    """
+    return "/".join(_DOTS.get(p) or quote(p, safe="") for p in parts)
+
+
+_DOTS = {".": "%2E", "..": "%2E%2E"}
 
 
 class ChatClient:
@@ -64,6 +75,7 @@ class ChatClient:
     Args:
         base_url: the server; defaults to ``$CHATSDK_URL``.
         api_key: the API key; defaults to ``$CHATSDK_API_KEY``. Never logged or shown.
+            1..4096 visible ASCII characters: a key read from a file must be stripped.
         retry: the retry policy (default :data:`chatsdk.DEFAULT_RETRY_POLICY`).
         timeout: default ``(connect, read)`` seconds, or one number for both.
         breaker: the per-host circuit breaker policy; None for the default
@@ -79,6 +91,7 @@ class ChatClient:
         close_timeout: :meth:`close` (and the exit of the process, see
             :func:`chatsdk.install_signal_handlers`) waits at most this many seconds for the
             entries this process queued; the rest stays on disk for the next process.
+            A finite number >= 0.
         transport: makes each single HTTP attempt instead of urllib3, beneath the retries,
             breaker and budget: ``chatsdk.testing.InMemoryTransport()`` in tests.
         on_event: a callable (or callables) receiving this client's typed events
@@ -91,7 +104,8 @@ class ChatClient:
             :class:`InvalidResponseError` (a gzip bomb never fills memory).
 
     Raises:
-        ConfigurationError: the URL or the key is missing (naming which) or invalid.
+        ConfigurationError: the URL or the key is missing (naming which) or invalid (the
+            message says why, never what the key is).
     """
 
     def __init__(
@@ -134,8 +148,9 @@ class ChatClient:
             key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
             if not url:
                 raise ConfigurationError(f"no base URL: pass base_url= or set ${URL_ENV}")
-            if not key:
+            if key is None or key == "":
                 raise ConfigurationError(f"no API key: pass api_key= or set ${API_KEY_ENV}")
+            check_api_key(key)  # before anything is built (ChatSession checks it too)
             options: dict[str, Any] = {}
             if max_response_bytes is not None:
                 options["max_response_bytes"] = max_response_bytes
@@ -150,9 +165,9 @@ class ChatClient:
             )
         self._events = self.session.adapter.events
         self._events.add(on_event)
-        if isinstance(close_timeout, bool) or not close_timeout >= 0:
-            raise ConfigurationError(f"close_timeout must be >= 0, got {close_timeout!r}")
-        self.close_timeout = float(close_timeout)
+        close = check_seconds("close_timeout", close_timeout, error=ConfigurationError)
+        assert close is not None  # (None and infinity are refused without none=True)
+        self.close_timeout = close
         self._dedup = Deduplicator(dedup_window)
         self._outbox: Outbox | None = None
         self._drainer: Drainer | None = None
@@ -309,6 +324,7 @@ class ChatClient:
         """Stop this client's outbox drainer: deliveries in flight finish (for at most
         ``timeout`` seconds), claimed entries not yet started are given back for any other
         drainer. True when every delivery in flight ended in time."""
+        timeout = check_seconds("timeout", timeout, none=True)
         return True if self._drainer is None else self._drainer.stop(timeout)
 
     def flush(self, timeout: float | None = None) -> FlushResult:
@@ -319,7 +335,11 @@ class ChatClient:
             passed first or draining is stopped (a 401/403). Falsy too when entries
             expired undelivered since this process's previous flush (``.expired``). A
             client without an outbox has nothing to flush (truthy, 0 pending).
+
+        Raises:
+            ValueError: ``timeout`` is NaN or negative (None or infinity: no limit).
         """
+        timeout = check_seconds("timeout", timeout, none=True)
         if self._drainer is None or self._outbox is None:
             return FlushResult()
         return self._drainer.flush_result(timeout)

@@ -47,6 +47,7 @@ from typing import Any
 
 import requests
 import urllib3.exceptions
+from requests.hooks import default_hooks
 
 __all__ = [
     "APIError",
@@ -94,6 +95,56 @@ class ChatSDKError(Exception):
 
     attempts: int | None = None
     idempotency_key: str | None = None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle without credentials, and without calling ``__init__`` again.
+
+        ``.request`` (and ``.response.request``) hold the prepared request, whose headers
+        carry the API key: a pickled error (multiprocessing, a Celery result, a crash
+        report) gets copies with those headers redacted. The message (``args``) and every
+        attribute are kept, so the error unpickles to the same type and reads the same.
+        """
+        state = dict(vars(self))
+        for name in ("request", "response"):
+            if state.get(name) is not None:
+                state[name] = _redacted(state[name])
+        return (_rebuild, (type(self), self.args), state)
+
+
+#: Request headers that carry credentials: redacted in a pickled error's ``.request``.
+_SECRET_HEADERS = ("X-API-Key", "Authorization", "Proxy-Authorization", "Cookie")
+REDACTED = "[redacted]"
+
+
+def _rebuild(cls: type[ChatSDKError], args: tuple[Any, ...]) -> ChatSDKError:
+    """Unpickle an error: its ``args`` as they were, its attributes set by pickle after."""
+    error = cls.__new__(cls)
+    error.args = args
+    return error
+
+
+def _redacted(value: Any) -> Any:
+    """A copy of a prepared request or response with the credential headers redacted."""
+    if isinstance(value, requests.PreparedRequest):
+        request = value.copy()
+        request.hooks = default_hooks()  # the caller's hooks may not pickle
+        for name in _SECRET_HEADERS:
+            if name in request.headers:
+                request.headers[name] = REDACTED
+        return request
+    if isinstance(value, requests.Response):
+        response = requests.Response()
+        fields: dict[str, Any] = vars(value)
+        copied: dict[str, Any] = vars(response)
+        for name in ("status_code", "headers", "url", "encoding", "reason", "cookies", "elapsed"):
+            copied[name] = fields[name]
+        # A body never read stays unread: pickling must not block on the network.
+        copied["_content"] = fields["_content"] if fields["_content_consumed"] else None
+        copied["_content_consumed"] = True
+        response.history = [_redacted(r) for r in value.history]
+        response.request = _redacted(value.request)
+        return response
+    return None  # None, or an object of unknown contents: not carried along
 
 
 class ConfigurationError(ChatSDKError, ValueError):

@@ -28,7 +28,8 @@ from typing import Any, Protocol, TypeVar
 import attrs
 
 from chatsdk import _fork
-from chatsdk._errors import ConfigurationError, IdempotencyKeyReusedError
+from chatsdk._errors import ChatSDKError, ConfigurationError, IdempotencyKeyReusedError
+from chatsdk._validation import check_seconds
 
 __all__ = [
     "NAMESPACE_ENV",
@@ -226,9 +227,9 @@ class Deduplicator:
         clock: Callable[[], float] = time.monotonic,
         max_entries: int = 4096,
     ) -> None:
-        if not window >= 0:
-            raise ConfigurationError(f"dedup_window must be >= 0, got {window!r}")
-        self.window = window
+        checked = check_seconds("dedup_window", window, error=ConfigurationError)
+        assert checked is not None  # (None and infinity are refused without none=True)
+        self.window = checked
         self._clock = clock
         self._max_entries = max_entries
         self._lock = threading.Lock()
@@ -259,6 +260,9 @@ class Deduplicator:
 
         Raises:
             IdempotencyKeyReusedError: the key is in flight here with a different body.
+            ChatSDKError: the identical create this call waited for was interrupted in its
+                own thread (``KeyboardInterrupt``, ``SystemExit``): only that thread gets the
+                interrupt; the outcome is unknown.
         """
         print_ = fingerprint(kind, body)
         tap: _RecentCreate | None = None
@@ -313,6 +317,10 @@ class Deduplicator:
                     f"key {key!r} is in flight in this client with a different body",
                 )
             flight.done.wait()
+            if flight.error is not None and not isinstance(flight.error, Exception):
+                # A Ctrl-C or SystemExit belongs to the thread it was raised in; here it
+                # would stop a thread nobody interrupted.
+                raise _interrupted(key, flight.error) from None
             if flight.error is not None:
                 raise flight.error
             return attrs.evolve(flight.result, replayed=True)  # type: ignore[no-any-return]
@@ -327,3 +335,14 @@ class Deduplicator:
                     del self._flights[key]
             flight.done.set()
         return flight.result  # type: ignore[no-any-return]
+
+
+def _interrupted(key: str, interrupt: BaseException) -> ChatSDKError:
+    """What a follower raises when the call it shared was interrupted in the leader's thread."""
+    error = ChatSDKError(
+        f"the identical call this one was waiting for (same Idempotency-Key) was interrupted "
+        f"in its own thread ({type(interrupt).__name__}); whether it was created is unknown: "
+        "call again with the same idempotency_key to find out (the server answers once)"
+    )
+    error.idempotency_key = key
+    return error

@@ -76,7 +76,7 @@ from chatsdk._errors import (
     decode_json,
     error_fields,
 )
-from chatsdk._validation import non_negative, optional_positive, statuses
+from chatsdk._validation import no_limit_if_infinite, non_negative, optional_positive, statuses
 
 __all__ = [
     "DEFAULT_RETRY_POLICY",
@@ -116,7 +116,7 @@ class RetryPolicy:
         respect_retry_after: treat ``Retry-After`` as the minimum wait.
         max_retry_after: a ``Retry-After`` above this stops retrying (the error carries it).
         deadline: seconds for the whole operation, waits included (default 20 s, inside
-            gunicorn's 30 s worker timeout); ``None`` for no deadline.
+            gunicorn's 30 s worker timeout); ``None`` (or infinity) for no deadline.
         budget_capacity: size of the per-host retry budget (tokens; one retry costs one);
             ``None`` turns the budget off.
         budget_refund: tokens a successful attempt puts back into the budget.
@@ -131,7 +131,9 @@ class RetryPolicy:
     )
     respect_retry_after: bool = True
     max_retry_after: float = attrs.field(default=60.0, validator=non_negative)
-    deadline: float | None = attrs.field(default=20.0, validator=optional_positive)
+    deadline: float | None = attrs.field(
+        default=20.0, converter=no_limit_if_infinite, validator=optional_positive
+    )
     budget_capacity: float | None = attrs.field(default=20.0, validator=optional_positive)
     budget_refund: float = attrs.field(default=1.0, validator=non_negative)
 

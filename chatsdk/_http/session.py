@@ -7,7 +7,7 @@ import platform
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import requests
 from requests.sessions import merge_setting
@@ -20,6 +20,7 @@ from chatsdk._http.response import DEFAULT_MAX_RESPONSE_BYTES
 from chatsdk._http.retry import RetryPolicy
 from chatsdk._resilience.breaker import BreakerPolicy, BreakerSnapshot, CircuitBreaker, CircuitState
 from chatsdk._resilience.hosts import Listener, host_of
+from chatsdk._validation import check_api_key, check_timeout
 from chatsdk._version import __version__
 
 __all__ = ["DEFAULT_TIMEOUT", "ChatSession"]
@@ -64,6 +65,24 @@ def normalize_base_url(base_url: object) -> str:
     return url if url.endswith("/") else url + "/"
 
 
+def encode_dot_segments(url: str) -> str:
+    """``url`` with each ``.`` or ``..`` path segment percent-encoded (``%2E``, ``%2E%2E``).
+
+    ``PreparedRequest.prepare_url`` resolves literal dot segments (urllib3's ``parse_url``)
+    and then turns ``%2E`` back into ``.`` (``requote_uri`` unquotes unreserved characters),
+    so a segment sent as ``%2E%2E`` would reach the server as ``..``; the ones left in a
+    prepared URL are those the caller encoded, and are encoded again here.
+    """
+    if "/." not in url:  # the common case, without parsing
+        return url
+    parts = urlsplit(url)
+    segments = parts.path.split("/")
+    if not any(s in (".", "..") for s in segments):
+        return url
+    path = "/".join("%2E" * len(s) if s in (".", "..") else s for s in segments)
+    return urlunsplit(parts._replace(path=path))
+
+
 class ChatSession(requests.Session):
     """A :class:`requests.Session` for one ChatSDK server, with retries built in.
 
@@ -74,9 +93,11 @@ class ChatSession(requests.Session):
 
     Args:
         base_url: the server, e.g. ``"http://127.0.0.1:8800"``.
-        api_key: the API key (kept out of every repr, log and error).
+        api_key: the API key (kept out of every repr, log and error): 1..4096 visible ASCII
+            characters.
         retry: the retry policy (default :data:`chatsdk.DEFAULT_RETRY_POLICY`).
-        timeout: default ``(connect, read)`` seconds, or one number for both.
+        timeout: default ``(connect, read)`` seconds, or one number for both; infinity (or
+            None in the pair) for no limit. NaN, negative or 0: ``ConfigurationError``.
         breaker: the per-host circuit breaker policy; None for the default
             :class:`BreakerPolicy`, False for no circuit breaking.
         sleep: the adapter's sleep between attempts (inject for tests).
@@ -87,7 +108,8 @@ class ChatSession(requests.Session):
             :data:`~chatsdk.DEFAULT_MAX_RESPONSE_BYTES`); see :class:`ResilientAdapter`.
 
     Raises:
-        ConfigurationError: a bad base URL, API key or ``max_response_bytes``.
+        ConfigurationError: a bad base URL, API key (the message never shows the key) or
+            ``max_response_bytes``.
     """
 
     def __init__(
@@ -108,13 +130,15 @@ class ChatSession(requests.Session):
         parts = urlsplit(self.base_url)
         # URLs under this prefix are on the base origin without parsing them again.
         self._origin_prefix = f"{parts.scheme}://{parts.netloc}/"
-        if api_key is not None and (not isinstance(api_key, str) or not api_key):
-            raise ConfigurationError("api_key must be a non-empty string")
-        self._api_key = api_key
+        # Checked here, not when a header is built: http.client's error for a bad header
+        # value quotes the value, and that text reaches logs and the outbox's error columns.
+        self._api_key = None if api_key is None else check_api_key(api_key)
         self._environment: dict[tuple[str, str | None], tuple[float, dict[str, str], str | None]]
         self._environment = {}
         self._clock = clock or time.monotonic
-        self.timeout = DEFAULT_TIMEOUT if timeout is None else timeout
+        checked = check_timeout(timeout, error=ConfigurationError)
+        #: the ``timeout`` of calls that give none (requests' forms: seconds, a pair, a Timeout).
+        self.timeout: Any = DEFAULT_TIMEOUT if checked is None else checked
         self.headers["User-Agent"] = USER_AGENT
         options: dict[str, Any] = {}
         if sleep is not None:
@@ -168,14 +192,23 @@ class ChatSession(requests.Session):
     def request(
         self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any
     ) -> requests.Response:
-        """As :meth:`requests.Session.request`, with ``url`` relative to ``base_url``."""
+        """As :meth:`requests.Session.request`, with ``url`` relative to ``base_url``.
+
+        ``timeout`` is checked before anything is sent: NaN, negative or 0 raise
+        ``ValueError``; infinity (or None in a pair) is no limit; None is the session's.
+        """
         if isinstance(url, bytes):
             url = url.decode()
         if "://" not in url:
             url = self.base_url + url.lstrip("/")
+        positional = len(args) > 6  # requests' order: params ... auth, timeout
+        timeout = check_timeout(args[6] if positional else kwargs.get("timeout"))
+        timeout = self.timeout if timeout is None else timeout
+        if positional:
+            args = (*args[:6], timeout, *args[7:])
+        else:
+            kwargs["timeout"] = timeout
         self._fail_fast(url, kwargs.get("headers"))
-        if kwargs.get("timeout") is None and (len(args) < 7 or args[6] is None):
-            kwargs["timeout"] = self.timeout
         tracer = _instrument.tracer
         if tracer is None:
             return super().request(method, url, *args, **kwargs)
@@ -253,8 +286,14 @@ class ChatSession(requests.Session):
         return env_proxies, env_verify
 
     def prepare_request(self, request: requests.Request) -> requests.PreparedRequest:
-        """Prepare as requests does, adding the API key only for the base URL's origin."""
+        """Prepare as requests does, adding the API key only for the base URL's origin.
+
+        A path segment the caller percent-encoded as a dot segment (``%2E``, ``%2E%2E``)
+        stays encoded: requests decodes it back to ``.``/``..``, which would reach another
+        endpoint (urllib3 already resolved the literal dot segments, as URLs mean).
+        """
         prepared = super().prepare_request(request)
+        prepared.url = encode_dot_segments(prepared.url or "")
         if self._api_key is not None and self.same_origin(prepared.url or ""):
             prepared.headers.setdefault(API_KEY_HEADER, self._api_key)
         return prepared

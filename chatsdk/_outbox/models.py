@@ -179,6 +179,7 @@ class OutboxEntry(Generic[R]):
             OutboxEntryExpiredError: the entry reached ``max_age`` undelivered.
             OutboxError: the entry failed after ``max_attempts``, or was purged.
             WaitTimeoutError: ``timeout`` seconds passed first; delivery goes on.
+            ValueError: ``timeout`` is NaN or negative (None or infinity: no limit).
         """
         return cast(R, self._outbox.wait(self.id, timeout))
 

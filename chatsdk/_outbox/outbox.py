@@ -54,6 +54,7 @@ from chatsdk._outbox.models import (
 from chatsdk._outbox.sqlite import Durability
 from chatsdk._outbox.sqlite_store import SQLiteStore, owner_alive
 from chatsdk._outbox.store import Follow, Row, Store, parse_target
+from chatsdk._validation import check_seconds, check_wire_body
 
 __all__ = ["Durability", "Follow", "Operation", "Outbox", "OutboxEntry", "OutboxStats"]
 
@@ -119,8 +120,9 @@ class Outbox:
     ) -> None:
         if durability not in ("normal", "full"):
             raise ValueError(f"durability must be 'normal' or 'full', got {durability!r}")
-        if not lease_seconds > 0 or not max_age > 0 or not sent_retention >= 0:
-            raise ValueError("lease_seconds and max_age must be > 0, sent_retention >= 0")
+        check_seconds("lease_seconds", lease_seconds, positive=True)
+        check_seconds("max_age", max_age, positive=True)
+        check_seconds("sent_retention", sent_retention)
         if max_attempts is not None and (
             isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1
         ):
@@ -260,12 +262,16 @@ class Outbox:
                 is delivered, by any drainer) if and only if the caller commits.
 
         Raises:
+            ValidationError: ``body`` is not JSON that can be sent (a lone surrogate, a
+                non-finite number), or has ``attachments`` or a ``reaction`` that
+                ``queue_message``/``queue_reaction`` would refuse; nothing was stored.
             ValueError: ``kind`` is unknown, or the key is in use for a different operation.
             TypeError: ``connection`` is not a psycopg 3 connection, or the outbox is SQLite.
             OutboxError: the store cannot be written (e.g. the database is unreachable).
         """
         if kind not in ("message", "reaction"):
             raise ValueError(f"kind must be 'message' or 'reaction', got {kind!r}")
+        check_wire_body(kind, body)
         key = idempotency_key or str(uuid.uuid4())
         text = _ENCODER.encode(body)
         now = self._now()
@@ -397,6 +403,7 @@ class Outbox:
 
     def wait(self, entry_id: int, timeout: float | None = None) -> Message | Reaction:
         """Block until entry ``entry_id`` is finished; see :meth:`OutboxEntry.wait`."""
+        timeout = check_seconds("timeout", timeout, none=True)
         self._store.watch()
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -426,6 +433,7 @@ class Outbox:
         ``give_up()``, checked at every wake-up, ends the wait early with False. With
         ``own``, only the entries this process queued count (see :meth:`pending_count`).
         Never True when entries expired undelivered: see :meth:`drained`.
+        ``timeout``: None or infinity for no limit; NaN or negative raise ``ValueError``.
         """
         return bool(self.drained(timeout, give_up=give_up, own=own))
 
@@ -444,6 +452,7 @@ class Outbox:
             process's previous wait ended (or since it opened the outbox). Falsy unless
             both are 0: a flush never reports success over entries that expired.
         """
+        timeout = check_seconds("timeout", timeout, none=True)
         self._store.watch()
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:

@@ -55,6 +55,7 @@ from chatsdk._realtime.subscription import (
     Subscription,
     SubscriptionState,
 )
+from chatsdk._validation import check_seconds
 
 if TYPE_CHECKING:
     from chatsdk._realtime.events import ChatEvent
@@ -106,6 +107,15 @@ class RealtimeClient(SocketLoop):
     ) -> None:
         if not isinstance(url, str) or not url.startswith(("ws://", "wss://")):
             raise ConfigurationError(f"realtime url must start with ws:// or wss://: {url!r}")
+        for name, seconds in (
+            ("min_reconnect_delay", min_reconnect_delay),
+            ("max_reconnect_delay", max_reconnect_delay),
+            ("restart_spread", restart_spread),
+            ("stable_after", stable_after),
+            ("ping_grace", ping_grace),
+        ):
+            check_seconds(name, seconds, error=ConfigurationError)  # NaN would never expire
+        check_seconds("timeout", timeout, positive=True, error=ConfigurationError)
         if min_reconnect_delay < 0 or max_reconnect_delay < min_reconnect_delay:
             raise ConfigurationError("need 0 <= min_reconnect_delay <= max_reconnect_delay")
         if restart_spread < 0 or stable_after < 0 or ping_grace < 0 or timeout <= 0:
@@ -295,7 +305,11 @@ class RealtimeClient(SocketLoop):
             self._thread.start()
 
     def wait_connected(self, timeout: float | None = None) -> bool:
-        """Block until connected; False on timeout or when the client stopped or closed."""
+        """Block until connected; False on timeout or when the client stopped or closed.
+
+        ``timeout``: None or infinity for no limit; NaN or negative raise ``ValueError``.
+        """
+        timeout = check_seconds("timeout", timeout, none=True)
         self._resume_after_fork()
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._changed:

@@ -26,6 +26,7 @@ import attrs
 
 from chatsdk._errors import RealtimeError
 from chatsdk._realtime.protocol import RawPublication, ReplyError, SubscribeResult
+from chatsdk._validation import check_seconds
 
 log = logging.getLogger(__name__)
 
@@ -159,8 +160,11 @@ class Subscription:
             self.mark_unsubscribed()
 
     def wait_subscribed(self, timeout: float | None = None) -> bool:
-        """Block until the subscription is subscribed; False when ``timeout`` ran out."""
-        return self._subscribed.wait(timeout)
+        """Block until the subscription is subscribed; False when ``timeout`` ran out.
+
+        ``timeout``: None or infinity for no limit; NaN or negative raise ``ValueError``.
+        """
+        return self._subscribed.wait(check_seconds("timeout", timeout, none=True))
 
     def __repr__(self) -> str:
         return f"<Subscription {self.channel!r} {self._state.value} position={self._position}>"

@@ -20,7 +20,8 @@ from typing import Any
 from chatsdk._client import ChatClient
 from chatsdk._errors import OutboxError
 from chatsdk._outbox.outbox import STATUSES, Outbox, OutboxStats
-from chatsdk.cli._exits import CONFIG, DATAERR, NOPERM, OK, TEMPFAIL
+from chatsdk._validation import check_seconds
+from chatsdk.cli._exits import CONFIG, DATAERR, NOPERM, OK, TEMPFAIL, USAGE
 
 __all__ = ["drain", "entries", "purge", "retry", "status"]
 
@@ -76,7 +77,13 @@ def drain(
     passed), 65 when entries failed for good during the run, 77 when the key was refused.
     Without: run as a worker until SIGTERM/SIGINT (or ``stop`` is set), then close the
     client (a flush bounded by its ``close_timeout``) and return as ``once`` does.
+    A ``timeout`` that is NaN or negative is a usage error (2), before anything is opened.
     """
+    try:
+        timeout = check_seconds("--timeout", timeout, none=True)
+    except (TypeError, ValueError) as exc:
+        err(str(exc))
+        return USAGE
     with _opened(open_outbox, err) as snapshot:  # before the client's drainer starts sending
         if snapshot is None:
             return CONFIG
@@ -170,6 +177,11 @@ def status(
     err: Write,
 ) -> int:
     """Counts per status; 65 on dead letters, 75 when the oldest pending is past ``max_age``."""
+    try:
+        check_seconds("--max-age", max_age, none=True)
+    except (TypeError, ValueError) as exc:
+        err(str(exc))
+        return USAGE
     with _opened(open_outbox, err) as outbox:
         if outbox is None:
             return CONFIG
