@@ -55,6 +55,7 @@ from chatsdk._realtime.subscription import (
     Subscription,
     SubscriptionState,
 )
+from chatsdk._realtime.transport import shutdown_socket
 
 if TYPE_CHECKING:
     from chatsdk._realtime.events import ChatEvent
@@ -77,7 +78,9 @@ class RealtimeClient(SocketLoop):
         suspend_after: after this many consecutive attempts that never connected the state
             is ``suspended`` (it keeps trying).
         max_reconnect_attempts: give up after this many such attempts (``None``: never).
-        timeout: seconds for the WebSocket handshake and for each command's reply.
+        timeout: seconds for the whole WebSocket handshake (TCP connect, proxy tunnel, TLS
+            and the HTTP upgrade together; a failed handshake is retried with backoff), and
+            for each command's reply.
         ping_grace: no frame for ``ping + ping_grace`` seconds means the connection is dead.
         breaker: a circuit breaker (``ws:`` name) guarding connection attempts.
         on_state_change: ``on_state_change(old, new)``, run on the dispatch thread.
@@ -132,6 +135,7 @@ class RealtimeClient(SocketLoop):
         self._helpers: list[threading.Thread] = []
         self._dispatcher = Dispatcher()
         self._conn: Connection | None = None
+        self._handshake_sock = None
         self._subs: dict[str, Subscription] = {}
         self._listeners: list[Callable[[], object]] = []
         self._error: RealtimeError | None = None
@@ -179,6 +183,7 @@ class RealtimeClient(SocketLoop):
         self._thread = None
         self._helpers = []
         self._conn = None  # the parent's socket: never read nor written here
+        self._handshake_sock = None
         self._dispatcher.reset_after_fork()
         self._context = attrs.evolve(self._context, lock=self._lock)
         for sub in self._subs.values():
@@ -309,8 +314,8 @@ class RealtimeClient(SocketLoop):
             return True
 
     def close(self) -> None:
-        """Close the connection and end every thread (within 1 s, or ``timeout`` while a
-        handshake is in progress). The client cannot be reused."""
+        """Close the connection and end every thread (within about 1 s; a handshake in
+        progress ends at once, its socket closed). The client cannot be reused."""
         with self._lock:
             if self._state is RealtimeState.CLOSED:
                 return
@@ -320,6 +325,8 @@ class RealtimeClient(SocketLoop):
             if conn is not None:
                 conn.live = False
                 close_socket(conn.ws, 1000, "client closed")
+            if self._handshake_sock is not None:
+                shutdown_socket(self._handshake_sock)  # ends a handshake in progress at once
         started = time.monotonic()
         if thread is not None and thread is not threading.current_thread():
             thread.join(self._timeout + 1.0)

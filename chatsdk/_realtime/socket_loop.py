@@ -27,6 +27,7 @@ from chatsdk._errors import (
 from chatsdk._realtime.connection import CODE_TOKEN_ERROR, ClientContext, Connection
 from chatsdk._realtime.reconnect import Outcome, ReconnectPolicy, is_final_close_code
 from chatsdk._realtime.stats import Counters, RealtimeState
+from chatsdk._realtime.transport import open_websocket
 from chatsdk._version import __version__
 
 if TYPE_CHECKING:
@@ -77,6 +78,8 @@ class SocketLoop:
     _get_token: Callable[[], str] | None
     _timeout: float
     _clock: Callable[[], float]
+    #: the raw socket of the handshake in progress (``close()`` shuts it down).
+    _handshake_sock: socket.socket | None
 
     def _set_state(self, new: RealtimeState) -> None:
         raise NotImplementedError
@@ -169,11 +172,17 @@ class SocketLoop:
             )
         if self._closing.is_set():
             return Outcome(code=1000, reason="client closed")
-        ws: Any = websocket.WebSocket(enable_multithread=True)
         try:
-            ws.connect(self.url, timeout=self._timeout)  # bounded: it cannot be interrupted
+            # The whole handshake within the timeout; close() shuts the socket down.
+            ws = open_websocket(
+                self.url,
+                timeout=self._timeout,
+                track=self._track_handshake,
+                cancelled=self._closing.is_set,
+            )
         except Exception as exc:
-            ws.shutdown()
+            if self._closing.is_set():
+                return Outcome(code=1000, reason="client closed")
             log.info("realtime handshake with %s failed: %r", self.url, exc)
             return Outcome(code=1006, reason=f"handshake failed: {exc}", handshake_failed=True)
         with self._lock:
@@ -200,6 +209,10 @@ class SocketLoop:
         if conn.connected_at is not None:
             outcome.connected_for = now - conn.connected_at
         return outcome
+
+    def _track_handshake(self, sock: socket.socket | None) -> None:
+        with self._lock:
+            self._handshake_sock = sock
 
     def _read(self, conn: Connection, ws: Any, permit: AttemptPermit | None) -> Outcome:
         permit_settled = permit is None
