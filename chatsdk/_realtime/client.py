@@ -55,7 +55,7 @@ from chatsdk._realtime.subscription import (
     Subscription,
     SubscriptionState,
 )
-from chatsdk._realtime.transport import shutdown_socket
+from chatsdk._realtime.transport import DEFAULT_MAX_MESSAGE_BYTES, shutdown_socket
 
 if TYPE_CHECKING:
     from chatsdk._realtime.events import ChatEvent
@@ -82,6 +82,9 @@ class RealtimeClient(SocketLoop):
             and the HTTP upgrade together; a failed handshake is retried with backoff), and
             for each command's reply.
         ping_grace: no frame for ``ping + ping_grace`` seconds means the connection is dead.
+        max_message_bytes: the largest message accepted from the server (4 MiB): a frame
+            announcing more, or fragments adding up to more, closes the connection with
+            1009 before the payload is read (logged as a WARNING) and the client reconnects.
         breaker: a circuit breaker (``ws:`` name) guarding connection attempts.
         on_state_change: ``on_state_change(old, new)``, run on the dispatch thread.
         clock: monotonic clock (tests).
@@ -102,6 +105,7 @@ class RealtimeClient(SocketLoop):
         max_reconnect_attempts: int | None = None,
         timeout: float = 5.0,
         ping_grace: float = 10.0,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         breaker: BreakerLike | None = None,
         on_state_change: Callable[[RealtimeState, RealtimeState], object] | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -113,12 +117,17 @@ class RealtimeClient(SocketLoop):
             raise ConfigurationError("need 0 <= min_reconnect_delay <= max_reconnect_delay")
         if restart_spread < 0 or stable_after < 0 or ping_grace < 0 or timeout <= 0:
             raise ConfigurationError("delays must be >= 0 and timeout > 0")
+        if isinstance(max_message_bytes, bool) or not isinstance(max_message_bytes, int):
+            raise ConfigurationError("max_message_bytes must be an int")
+        if max_message_bytes < 1:
+            raise ConfigurationError("max_message_bytes must be >= 1")
         if suspend_after < 1 or (max_reconnect_attempts is not None and max_reconnect_attempts < 1):
             raise ConfigurationError("suspend_after and max_reconnect_attempts must be >= 1")
         self.url = url
         self._token = token or ""
         self._get_token = get_token
         self._timeout = float(timeout)
+        self._max_message_bytes = max_message_bytes
         self._breaker = breaker
         self._on_state_change = on_state_change
         self._clock = clock

@@ -27,7 +27,7 @@ from chatsdk._errors import (
 from chatsdk._realtime.connection import CODE_TOKEN_ERROR, ClientContext, Connection
 from chatsdk._realtime.reconnect import Outcome, ReconnectPolicy, is_final_close_code
 from chatsdk._realtime.stats import Counters, RealtimeState
-from chatsdk._realtime.transport import open_websocket
+from chatsdk._realtime.transport import MessageTooBigError, open_websocket
 from chatsdk._version import __version__
 
 if TYPE_CHECKING:
@@ -39,6 +39,8 @@ log = logging.getLogger("chatsdk._realtime.client")
 
 #: A drop within this many seconds of opening counts as a breaker failure.
 BREAKER_HEALTHY_AFTER = 5.0
+#: The close code for a message over the limit (RFC 6455 "Message Too Big").
+CODE_MESSAGE_TOO_BIG = 1009
 _MAX_READ_SLICE = 0.25
 
 
@@ -77,6 +79,7 @@ class SocketLoop:
     _token: str
     _get_token: Callable[[], str] | None
     _timeout: float
+    _max_message_bytes: int
     _clock: Callable[[], float]
     #: the raw socket of the handshake in progress (``close()`` shuts it down).
     _handshake_sock: socket.socket | None
@@ -177,6 +180,7 @@ class SocketLoop:
             ws = open_websocket(
                 self.url,
                 timeout=self._timeout,
+                max_message_bytes=self._max_message_bytes,
                 track=self._track_handshake,
                 cancelled=self._closing.is_set,
             )
@@ -239,6 +243,13 @@ class SocketLoop:
                 opcode, frame = ws.recv_data_frame(True)
             except websocket.WebSocketTimeoutException:
                 continue
+            except MessageTooBigError as exc:
+                # Checked from the frame header: the payload was never read. 1009: too big.
+                log.warning(
+                    "realtime connection to %s closed (1009) and reconnecting: %s", self.url, exc
+                )
+                close_socket(ws, CODE_MESSAGE_TOO_BIG, "message too big")
+                return Outcome(code=CODE_MESSAGE_TOO_BIG, reason=str(exc))
             except Exception as exc:
                 if self._closing.is_set():
                     return Outcome(code=1000, reason="client closed")

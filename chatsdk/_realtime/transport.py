@@ -1,14 +1,18 @@
-"""Opening the realtime WebSocket within bounds: one deadline over the whole handshake.
+"""Opening the realtime WebSocket within bounds: one deadline over the handshake, capped messages.
 
 websocket-client bounds each socket operation by its timeout, not the handshake as a whole:
 a server that dribbles its upgrade response (or its TLS handshake) a byte at a time, or
-sends endless headers, keeps ``WebSocket.connect`` busy for ever. Here:
+sends endless headers, keeps ``WebSocket.connect`` busy for ever; and it reads a frame of
+any announced length, or fragments without end, into memory. Here:
 
 - the TCP connect, the proxy tunnel (``CONNECT``), the TLS handshake and the HTTP upgrade
   response share one deadline (the client's ``timeout``), and the bytes read before the
   upgrade completes are capped (:data:`MAX_HANDSHAKE_BYTES`); websocket-client still writes
   the request and checks the answer (``Sec-WebSocket-Accept``), on a socket whose every
-  read is bounded by what is left of the deadline.
+  read is bounded by what is left of the deadline;
+- every frame's announced length, and a fragmented message's running total, is checked
+  against the message limit as soon as the frame header is read, before any of the payload
+  (:class:`LimitedFrameBuffer` raises :class:`MessageTooBigError`).
 
 :func:`open_websocket` reports the raw socket it is working on through ``track`` so that
 ``close()`` can shut it down and end a handshake at once.
@@ -30,13 +34,18 @@ from typing import Any
 import websocket
 
 __all__ = [
+    "DEFAULT_MAX_MESSAGE_BYTES",
     "MAX_HANDSHAKE_BYTES",
     "HandshakeTimeoutError",
     "HandshakeTooLargeError",
+    "LimitedFrameBuffer",
+    "MessageTooBigError",
     "open_websocket",
     "shutdown_socket",
 ]
 
+#: Default limit of one received message (a frame, or a fragmented message's total).
+DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 #: Most bytes read before the upgrade completes (proxy reply + upgrade response).
 MAX_HANDSHAKE_BYTES = 64 * 1024
 #: Redirects followed by one handshake (all within the same deadline).
@@ -52,6 +61,20 @@ class HandshakeTimeoutError(websocket.WebSocketTimeoutException):
 
 class HandshakeTooLargeError(websocket.WebSocketException):
     """The server sent more than :data:`MAX_HANDSHAKE_BYTES` before the upgrade completed."""
+
+
+class MessageTooBigError(websocket.WebSocketException):
+    """A received frame, or a fragmented message, is over the message limit.
+
+    Attributes:
+        size: the size announced (the frame's length, or the message's total so far).
+        limit: the limit it is over.
+    """
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"received a message of {size} bytes, over the {limit}-byte limit")
+        self.size = size
+        self.limit = limit
 
 
 class _Deadline:
@@ -271,10 +294,39 @@ def shutdown_socket(sock: socket.socket) -> None:
         socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
+class LimitedFrameBuffer(websocket.frame_buffer):
+    """websocket-client's frame reader, refusing frames and messages over ``limit`` bytes.
+
+    The check runs when a frame's length has been read, before any of its payload is.
+    Control frames are limited to 125 bytes by the protocol (websocket-client checks them).
+    """
+
+    def __init__(
+        self, recv_fn: Callable[[int], bytes], skip_utf8_validation: bool, limit: int
+    ) -> None:
+        super().__init__(recv_fn, skip_utf8_validation)
+        self.limit = limit
+        self._message = 0  # bytes of the data message being received, all fragments
+
+    def recv_length(self) -> None:
+        super().recv_length()
+        assert self.header is not None and self.length is not None  # set by the calls above
+        opcode = self.header[4]
+        if opcode >= websocket.ABNF.OPCODE_CLOSE:
+            return
+        if opcode == websocket.ABNF.OPCODE_CONT:
+            self._message += self.length
+        else:
+            self._message = self.length
+        if self._message > self.limit:
+            raise MessageTooBigError(self._message, self.limit)
+
+
 def open_websocket(
     url: str,
     *,
     timeout: float,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     track: TrackSocket = lambda _sock: None,
     cancelled: Callable[[], bool] = lambda: False,
     clock: Callable[[], float] = time.monotonic,
@@ -285,6 +337,7 @@ def open_websocket(
         url: ``ws(s)://host[:port]/path``.
         timeout: seconds for everything up to the upgrade (TCP, proxy, TLS, HTTP); the
             returned socket's operations then time out after this too.
+        max_message_bytes: limit of one received message (see :class:`LimitedFrameBuffer`).
         track: called with each raw socket as it is opened (so that another thread may shut
             it down, see :func:`shutdown_socket`), and with ``None`` when the handshake is
             over either way.
@@ -318,6 +371,10 @@ def open_websocket(
                 raise
             ws.sock = sock  # past the upgrade: the plain socket, the client's read slices
             sock.settimeout(timeout)
+            old = ws.frame_buffer
+            ws.frame_buffer = LimitedFrameBuffer(
+                old.recv, old.skip_utf8_validation, max_message_bytes
+            )
             return ws
         raise websocket.WebSocketException(f"more than {MAX_REDIRECTS} redirects")
     finally:

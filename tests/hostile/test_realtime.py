@@ -7,15 +7,28 @@ is the failure: every wait has a generous timeout and no assert bounds wall-cloc
 from __future__ import annotations
 
 import itertools
+import json
+import logging
 import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
+from chatsdk import ConfigurationError
 from chatsdk._realtime.client import RealtimeClient
-from tests.helpers import realtime_threads, wait_until
-from tests.hostile.ws_servers import HostileWSServer, Peer, centrifugo, connect_proxy
+from tests.helpers import Collector, realtime_threads, wait_until
+from tests.hostile.ws_servers import (
+    OP_CONT,
+    OP_TEXT,
+    HostileWSServer,
+    Peer,
+    centrifugo,
+    connect_proxy,
+    fresh_subscribe,
+)
 
 WAIT = 60.0  # seconds before a wait is declared a hang
 
@@ -152,3 +165,127 @@ def test_a_dribbling_proxy_is_bounded_by_the_connect_timeout(
         client.connect()
         assert proxy.wait_peers(2, WAIT)
         assert "did not complete within 1s" in client.stats().last_error
+
+
+# -- row 15: a message size limit, checked from the frame header -----------------------------
+
+BIG = 300 * 1024 * 1024
+CHUNK = b"a" * (1024 * 1024)
+
+
+def huge_frame(peer: Peer) -> None:
+    """After the connect reply: one text frame announcing 300 MB, then its payload."""
+    peer.send(peer.frame_header(BIG))
+    for _ in range(BIG // len(CHUNK)):
+        peer.send(CHUNK)
+
+
+def endless_fragments(peer: Peer) -> None:
+    """After the connect reply: a text message in 64 KiB fragments that never ends (300 MB)."""
+    fragment = CHUNK[: 64 * 1024]
+    peer.send_frame(fragment, OP_TEXT, fin=False)
+    for _ in range(BIG // len(fragment)):
+        peer.send_frame(fragment, OP_CONT, fin=False)
+
+
+# Run in a subprocess so that its peak RSS (VmHWM) is the client's alone.
+RSS_SCRIPT = """
+import json, sys, threading
+from chatsdk._realtime.client import RealtimeClient
+
+def hwm():
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmHWM:"))
+
+client = RealtimeClient(sys.argv[1], token="t", min_reconnect_delay=0.05,
+                        max_reconnect_delay=0.2, restart_spread=0.05)
+baseline = hwm()
+client.connect()
+tick = threading.Event()
+for _ in range(1200):  # 60 s
+    stats = client.stats()
+    if stats.last_close_code == 1009 and stats.connects >= 2:
+        break
+    tick.wait(0.05)
+client.close()
+print(json.dumps({"baseline": baseline, "peak": hwm(), "code": client.last_close_code,
+                  "reason": client.last_close_reason, "connects": client.stats().connects}))
+"""
+
+
+@pytest.mark.parametrize("misbehave", [huge_frame, endless_fragments], ids=["frame", "fragments"])
+def test_oversized_messages_are_refused_without_reading_them(
+    misbehave: Callable[[Peer], None],
+) -> None:
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    with HostileWSServer(centrifugo(on_connected=misbehave)) as server:
+        result = subprocess.run(
+            [sys.executable, "-c", RSS_SCRIPT, server.url],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            cwd=root,
+            check=False,
+        )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["code"] == 1009, report
+    assert "over the 4194304-byte limit" in report["reason"]
+    assert report["connects"] >= 2  # it reconnected (and was refused again)
+    assert report["peak"] - report["baseline"] < 50 * 1024 * 1024, report
+
+
+@pytest.mark.parametrize("misbehave", [huge_frame, endless_fragments], ids=["frame", "fragments"])
+def test_oversized_message_closes_with_a_logged_reason_and_reconnects(
+    make_client: Callable[..., RealtimeClient],
+    misbehave: Callable[[Peer], None],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="chatsdk")
+    with HostileWSServer(centrifugo(on_connected=misbehave)) as server:
+        client = make_client(server.url, max_message_bytes=256 * 1024)
+        client.connect()
+        assert server.wait_peers(2, WAIT)
+        assert wait_until(lambda: client.stats().connects >= 2, WAIT)
+        assert client.last_close_code == 1009
+        # Never more than the limit and a socket buffer was taken in from the first one.
+        assert server.peers[0].sent < BIG
+    warnings = [r for r in caplog.records if "1009" in r.getMessage()]
+    assert warnings and warnings[0].levelno == logging.WARNING
+    assert warnings[0].name.startswith("chatsdk.")
+    assert "over the 262144-byte limit" in warnings[0].getMessage()
+
+
+def test_messages_up_to_the_limit_are_delivered(
+    make_client: Callable[..., RealtimeClient],
+) -> None:
+    def publish_big(peer: Peer) -> None:
+        pub = {"push": {"channel": "chat:1", "pub": {"data": {"t": "x" * 200_000}, "offset": 1}}}
+        for command in peer.commands():
+            if "subscribe" in command:
+                peer.send_json({"id": command["id"], "subscribe": fresh_subscribe(peer, {})})
+                body = json.dumps(pub).encode()
+                half = len(body) // 2  # fragmented, within the limit in total
+                peer.send_frame(body[:half], OP_TEXT, fin=False)
+                peer.send_frame(body[half:], OP_CONT, fin=True)
+            else:
+                peer.send_json({"id": command["id"], "connect": {"client": "c"}})
+
+    def handle(peer: Peer) -> None:
+        peer.accept_upgrade()
+        publish_big(peer)
+
+    got = Collector()
+    with HostileWSServer(handle) as server:
+        client = make_client(server.url, max_message_bytes=256 * 1024)
+        client.connect()
+        client.subscribe("chat:1", got)
+        assert got.wait_count(1, WAIT)
+        assert len(got.items[0].data["t"]) == 200_000
+        assert client.stats().connects == 1
+
+
+def test_max_message_bytes_is_validated() -> None:
+    for bad in (0, -1, 1.5, True, "4"):
+        with pytest.raises(ConfigurationError, match="max_message_bytes"):
+            RealtimeClient("ws://127.0.0.1:9/", max_message_bytes=bad)
