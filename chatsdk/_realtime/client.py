@@ -173,6 +173,7 @@ class RealtimeClient(SocketLoop):
             on_connected=self._on_connected,
             spawn=self._spawn,
             on_recovery_failed=self._recovery_failed,
+            stable_after=float(stable_after),
         )
         self._resume_in_child = False
         _fork.register(self, order=_fork.ORDER_CLIENT, after_child=RealtimeClient._after_fork)

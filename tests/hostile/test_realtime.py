@@ -10,8 +10,11 @@ import itertools
 import json
 import logging
 import os
+import random
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -19,6 +22,7 @@ import pytest
 
 from chatsdk import ConfigurationError
 from chatsdk._realtime.client import RealtimeClient
+from chatsdk._realtime.subscription import Subscription
 from tests.helpers import Collector, realtime_threads, wait_until
 from tests.hostile.ws_servers import (
     OP_CONT,
@@ -192,6 +196,7 @@ def endless_fragments(peer: Peer) -> None:
 RSS_SCRIPT = """
 import json, sys, threading
 from chatsdk._realtime.client import RealtimeClient
+from chatsdk._realtime.subscription import Subscription
 
 def hwm():
     with open("/proc/self/status") as f:
@@ -289,3 +294,113 @@ def test_max_message_bytes_is_validated() -> None:
     for bad in (0, -1, 1.5, True, "4"):
         with pytest.raises(ConfigurationError, match="max_message_bytes"):
             RealtimeClient("ws://127.0.0.1:9/", max_message_bytes=bad)
+
+
+# -- row 16: resubscribes the server provokes back off like reconnects ------------------------
+
+
+class MaxRandom(random.Random):
+    """Jitter at the top of its range: the backoff's shortest-lived worst case is its ceiling."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+WINDOW = 5.0  # seconds of a hostile server's company
+
+
+def gap_after(offset: int) -> list[dict[str, Any]]:
+    return [{"data": {}, "offset": offset + 2}]  # offset + 1 is never there
+
+
+def always_recovered_with_a_gap(peer: Peer, params: dict[str, Any]) -> dict[str, Any]:
+    offset = params.get("offset", 0)
+    return {
+        "recoverable": True,
+        "epoch": "e1",
+        "offset": offset,
+        "recovered": True,
+        "was_recovering": bool(params.get("recover")),
+        "publications": gap_after(offset),
+    }
+
+
+def never_recovered_with_a_gap(peer: Peer, params: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "recoverable": True,
+        "epoch": "e1",
+        "offset": 7,
+        "recovered": False,
+        "was_recovering": bool(params.get("recover")),
+        "publications": gap_after(7),
+    }
+
+
+@pytest.mark.parametrize(
+    "on_subscribe",
+    [always_recovered_with_a_gap, never_recovered_with_a_gap],
+    ids=["recovered-gap", "not-recovered-gap"],
+)
+def test_resubscribes_after_gaps_back_off(
+    make_client: Callable[..., RealtimeClient], on_subscribe: Callable[..., dict[str, Any]]
+) -> None:
+    stamps: list[float] = []
+    timer = threading.Event()
+
+    def record(peer: Peer, params: dict[str, Any]) -> dict[str, Any]:
+        stamps.append(time.monotonic())
+        return on_subscribe(peer, params)
+
+    with HostileWSServer(centrifugo(on_subscribe=record)) as server:
+        client = make_client(
+            server.url, min_reconnect_delay=0.1, max_reconnect_delay=10.0, random=MaxRandom()
+        )
+        client.connect()
+        client.subscribe("chat:1", Collector())
+        assert wait_until(lambda: len(stamps) >= 3, WAIT)
+        timer.wait(WINDOW)
+        count = len(stamps)
+    # With the delays at the top of their range (0.2, 0.3, 0.5, 0.9, 1.7, 3.3 s after an
+    # immediate first resubscribe), 5 s hold 7 subscribes; without backoff, thousands.
+    assert count <= 10, count
+    gaps = [b - a for a, b in itertools.pairwise(stamps)]
+    assert gaps[1:] == sorted(gaps[1:])  # each wait longer than the one before
+    assert len(server.peers) == 1  # resubscribed on the same connection
+
+
+def test_retried_subscribe_errors_back_off(make_client: Callable[..., RealtimeClient]) -> None:
+    stamps: list[float] = []
+    timer = threading.Event()
+
+    def handle(peer: Peer) -> None:
+        peer.accept_upgrade()
+        for command in peer.commands():
+            if "connect" in command:
+                peer.send_json({"id": command["id"], "connect": {"client": "c"}})
+            elif "subscribe" in command:
+                stamps.append(time.monotonic())
+                error = {"code": 100, "message": "internal", "temporary": True}
+                peer.send_json({"id": command["id"], "error": error})
+
+    with HostileWSServer(handle) as server:
+        client = make_client(
+            server.url, min_reconnect_delay=0.1, max_reconnect_delay=10.0, random=MaxRandom()
+        )
+        client.connect()
+        client.subscribe("chat:1", Collector())
+        assert wait_until(lambda: len(stamps) >= 3, WAIT)
+        timer.wait(WINDOW)
+        count = len(stamps)
+    assert count <= 10, count  # 0.2, 0.3, 0.5, 0.9, 1.7, 3.3 s: 6 in 5 s
+    gaps = [b - a for a, b in itertools.pairwise(stamps)]
+    assert gaps == sorted(gaps)
+
+
+def test_the_resubscribe_backoff_starts_over_after_a_stretch_without_gaps() -> None:
+    sub = Subscription("chat:1", lambda _pub: None)
+    assert [sub.next_retry_step(t, 5.0) for t in (0.0, 1.0, 2.0)] == [0, 1, 2]
+    sub.subscribed_cleanly(3.0)
+    assert sub.next_retry_step(4.0, 5.0) == 3  # a gap 1 s after a clean subscribe: no reset
+    sub.subscribed_cleanly(10.0)
+    sub.subscribed_cleanly(12.0)  # still the same clean stretch, from 10 s
+    assert sub.next_retry_step(15.0, 5.0) == 0  # 5 s in one piece: the backoff starts over
