@@ -6,11 +6,17 @@ is the failure: every wait has a generous timeout and no assert bounds wall-cloc
 
 from __future__ import annotations
 
+import base64
+import gc
 import itertools
 import json
 import logging
 import os
+import pathlib
 import random
+import socket
+import ssl
+import struct
 import subprocess
 import sys
 import threading
@@ -19,6 +25,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import trustme
 
 from chatsdk import ConfigurationError
 from chatsdk._realtime.client import RealtimeClient
@@ -404,3 +411,152 @@ def test_the_resubscribe_backoff_starts_over_after_a_stretch_without_gaps() -> N
     sub.subscribed_cleanly(10.0)
     sub.subscribed_cleanly(12.0)  # still the same clean stretch, from 10 s
     assert sub.next_retry_step(15.0, 5.0) == 0  # 5 s in one piece: the backoff starts over
+
+
+def test_already_subscribed_answers_back_off(make_client: Callable[..., RealtimeClient]) -> None:
+    stamps: list[float] = []
+    timer = threading.Event()
+
+    def handle(peer: Peer) -> None:
+        peer.accept_upgrade()
+        for command in peer.commands():
+            if "connect" in command:
+                peer.send_json({"id": command["id"], "connect": {"client": "c"}})
+            elif "subscribe" in command:
+                stamps.append(time.monotonic())
+                error = {"code": 105, "message": "already subscribed"}
+                peer.send_json({"id": command["id"], "error": error})
+            else:
+                peer.send_json({"id": command["id"], "unsubscribe": {}})
+
+    with HostileWSServer(handle) as server:
+        client = make_client(
+            server.url, min_reconnect_delay=0.1, max_reconnect_delay=10.0, random=MaxRandom()
+        )
+        client.connect()
+        client.subscribe("chat:1", Collector())
+        assert wait_until(lambda: len(stamps) >= 3, WAIT)
+        timer.wait(WINDOW)
+        count = len(stamps)
+    assert count <= 10, count
+
+
+# -- the handshake follows redirects within the same deadline ---------------------------------
+
+
+def test_a_redirected_handshake_reaches_the_target(
+    make_client: Callable[..., RealtimeClient],
+) -> None:
+    with HostileWSServer(centrifugo()) as target:
+
+        def redirect(peer: Peer) -> None:
+            peer.read_request()
+            peer.send(f"HTTP/1.1 307 Temporary Redirect\r\nLocation: {target.url}\r\n\r\n".encode())
+
+        with HostileWSServer(redirect) as server:
+            client = make_client(server.url)
+            client.connect()
+            assert client.wait_connected(WAIT)
+            assert len(server.peers) == 1 and len(target.peers) == 1
+
+
+def test_a_redirect_loop_fails_the_attempt(make_client: Callable[..., RealtimeClient]) -> None:
+    def redirect_to_self(peer: Peer) -> None:
+        peer.read_request()
+        location = f"ws://127.0.0.1:{peer.server.port}/connection/websocket"
+        peer.send(f"HTTP/1.1 302 Found\r\nLocation: {location}\r\n\r\n".encode())
+
+    with HostileWSServer(redirect_to_self) as server:
+        client = make_client(server.url)
+        client.connect()
+        assert wait_until(lambda: "redirects" in client.stats().last_error, WAIT)
+        assert client.stats().connects == 0
+
+
+# -- TLS and proxies: the paths of the bounded handshake that end well or are refused --------
+
+
+def test_wss_connects_with_the_ca_bundle_from_the_environment(
+    make_client: Callable[..., RealtimeClient],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: pathlib.Path,
+) -> None:
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    bundle = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    got = Collector()
+
+    def publish(peer: Peer, params: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "recoverable": True,
+            "epoch": "e1",
+            "offset": 0,
+            "publications": [{"data": {"n": 1}, "offset": 1}],
+        }
+
+    with HostileWSServer(centrifugo(on_subscribe=publish), tls=server_context) as server:
+        monkeypatch.setenv("WEBSOCKET_CLIENT_CA_BUNDLE", str(bundle))
+        client = make_client(server.url)
+        client.connect()
+        client.subscribe("chat:1", got)
+        assert got.wait_count(1, WAIT)
+        monkeypatch.delenv("WEBSOCKET_CLIENT_CA_BUNDLE")
+        other = make_client(server.url, timeout=2.0)  # the system's CAs: not ours
+        other.connect()
+        assert wait_until(lambda: "CERTIFICATE_VERIFY_FAILED" in other.stats().last_error, WAIT)
+
+
+def test_a_reset_before_the_tls_handshake_leaks_no_socket(
+    make_client: Callable[..., RealtimeClient],
+) -> None:
+    def reset(peer: Peer) -> None:
+        peer.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    with HostileWSServer(reset) as server:
+        before = open_fds()
+        client = make_client(
+            server.url.replace("ws", "wss", 1), min_reconnect_delay=0.01, max_reconnect_delay=0.02
+        )
+        client.connect()
+        assert server.wait_peers(20, WAIT)
+        client.close()
+        assert server.wait_all_closed(WAIT)
+        gc.collect()  # an orphaned TLS socket would warn here (warnings are errors)
+        assert open_fds() == before
+
+
+def proxy_env(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    for name in ("no_proxy", "NO_PROXY", "http_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("https_proxy" if url.startswith("socks") else "http_proxy", url)
+
+
+def test_proxy_credentials_are_sent_and_a_refusal_fails_the_attempt(
+    make_client: Callable[..., RealtimeClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    heads: list[bytes] = []
+
+    def refuse(peer: Peer) -> None:
+        while b"\r\n\r\n" not in peer._buf:
+            peer._fill(len(peer._buf) + 1)
+        heads.append(peer._buf)
+        peer.send(b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n")
+
+    with HostileWSServer(refuse) as proxy:
+        proxy_env(monkeypatch, f"http://u%40x:p%3Aw@127.0.0.1:{proxy.port}")
+        client = make_client("ws://127.0.0.1:9/connection/websocket")
+        client.connect()
+        assert wait_until(lambda: "407" in client.stats().last_error, WAIT)
+    expected = base64.b64encode(b"u@x:p:w").decode()
+    assert f"Proxy-Authorization: Basic {expected}".encode() in heads[0]
+
+
+def test_an_unsupported_proxy_scheme_fails_the_attempt(
+    make_client: Callable[..., RealtimeClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    proxy_env(monkeypatch, "socks5://127.0.0.1:9")
+    client = make_client("wss://127.0.0.1:9/connection/websocket")
+    client.connect()
+    assert wait_until(lambda: "unsupported proxy" in client.stats().last_error, WAIT)

@@ -19,6 +19,7 @@ import itertools
 import json
 import select
 import socket
+import ssl
 import struct
 import threading
 from collections.abc import Callable, Iterator
@@ -69,8 +70,7 @@ class Peer:
         if self.stopping:
             return True
         try:
-            readable, _, _ = select.select([self.sock], [], [], timeout)
-            if not readable:
+            if not self._readable(timeout):
                 return False
             data = self.sock.recv(65536)
         except (OSError, ValueError):
@@ -80,14 +80,19 @@ class Peer:
         self._buf += data
         return False
 
+    def _readable(self, timeout: float) -> bool:
+        if isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
+            return True  # decrypted already, invisible to select
+        readable, _, _ = select.select([self.sock], [], [], timeout)
+        return bool(readable)
+
     def _fill(self, n: int) -> None:
         """Read until at least ``n`` bytes are buffered."""
         while len(self._buf) < n:
             if self.stopping:
                 raise PeerGone("server closing")
             try:
-                readable, _, _ = select.select([self.sock], [], [], 0.2)
-                data = self.sock.recv(65536) if readable else None
+                data = self.sock.recv(65536) if self._readable(0.2) else None
             except (OSError, ValueError) as exc:
                 raise PeerGone(repr(exc)) from exc
             if data == b"":
@@ -186,10 +191,13 @@ class HostileWSServer:
     Args:
         handler: the misbehaviour; it returns (or raises :class:`PeerGone`) when done, and
             the server then closes the socket.
+        tls: serve ``wss://`` with this context (the TLS handshake runs on the peer's
+            thread, before the handler).
     """
 
-    def __init__(self, handler: Handler) -> None:
+    def __init__(self, handler: Handler, *, tls: ssl.SSLContext | None = None) -> None:
         self.handler = handler
+        self.tls = tls
         self.stopping = threading.Event()
         self.peers: list[Peer] = []
         self._lock = threading.Lock()
@@ -202,7 +210,8 @@ class HostileWSServer:
 
     @property
     def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/connection/websocket"
+        scheme = "wss" if self.tls is not None else "ws"
+        return f"{scheme}://127.0.0.1:{self.port}/connection/websocket"
 
     def __enter__(self) -> HostileWSServer:
         self._acceptor.start()
@@ -231,8 +240,11 @@ class HostileWSServer:
 
     def _serve(self, peer: Peer) -> None:
         try:
+            if self.tls is not None:
+                peer.sock.settimeout(10)
+                peer.sock = self.tls.wrap_socket(peer.sock, server_side=True)
             self.handler(peer)
-        except PeerGone:
+        except (PeerGone, ssl.SSLError, OSError):
             pass
         finally:
             with contextlib.suppress(OSError):
@@ -260,7 +272,7 @@ class HostileWSServer:
             peers = list(self.peers)
         for peer in peers:
             with contextlib.suppress(OSError):
-                peer.sock.shutdown(socket.SHUT_RDWR)
+                socket.socket.shutdown(peer.sock, socket.SHUT_RDWR)
         if self._acceptor.is_alive():
             self._acceptor.join(JOIN)
         for thread in list(self._threads):
