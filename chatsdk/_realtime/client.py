@@ -55,6 +55,7 @@ from chatsdk._realtime.subscription import (
     Subscription,
     SubscriptionState,
 )
+from chatsdk._realtime.transport import DEFAULT_MAX_MESSAGE_BYTES, shutdown_socket
 from chatsdk._validation import check_seconds
 
 if TYPE_CHECKING:
@@ -78,8 +79,13 @@ class RealtimeClient(SocketLoop):
         suspend_after: after this many consecutive attempts that never connected the state
             is ``suspended`` (it keeps trying).
         max_reconnect_attempts: give up after this many such attempts (``None``: never).
-        timeout: seconds for the WebSocket handshake and for each command's reply.
+        timeout: seconds for the whole WebSocket handshake (TCP connect, proxy tunnel, TLS
+            and the HTTP upgrade together; a failed handshake is retried with backoff), and
+            for each command's reply.
         ping_grace: no frame for ``ping + ping_grace`` seconds means the connection is dead.
+        max_message_bytes: the largest message accepted from the server (4 MiB): a frame
+            announcing more, or fragments adding up to more, closes the connection with
+            1009 before the payload is read (logged as a WARNING) and the client reconnects.
         breaker: a circuit breaker (``ws:`` name) guarding connection attempts.
         on_state_change: ``on_state_change(old, new)``, run on the dispatch thread.
         clock: monotonic clock (tests).
@@ -100,6 +106,7 @@ class RealtimeClient(SocketLoop):
         max_reconnect_attempts: int | None = None,
         timeout: float = 5.0,
         ping_grace: float = 10.0,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         breaker: BreakerLike | None = None,
         on_state_change: Callable[[RealtimeState, RealtimeState], object] | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -120,12 +127,17 @@ class RealtimeClient(SocketLoop):
             raise ConfigurationError("need 0 <= min_reconnect_delay <= max_reconnect_delay")
         if restart_spread < 0 or stable_after < 0 or ping_grace < 0 or timeout <= 0:
             raise ConfigurationError("delays must be >= 0 and timeout > 0")
+        if isinstance(max_message_bytes, bool) or not isinstance(max_message_bytes, int):
+            raise ConfigurationError("max_message_bytes must be an int")
+        if max_message_bytes < 1:
+            raise ConfigurationError("max_message_bytes must be >= 1")
         if suspend_after < 1 or (max_reconnect_attempts is not None and max_reconnect_attempts < 1):
             raise ConfigurationError("suspend_after and max_reconnect_attempts must be >= 1")
         self.url = url
         self._token = token or ""
         self._get_token = get_token
         self._timeout = float(timeout)
+        self._max_message_bytes = max_message_bytes
         self._breaker = breaker
         self._on_state_change = on_state_change
         self._clock = clock
@@ -142,6 +154,7 @@ class RealtimeClient(SocketLoop):
         self._helpers: list[threading.Thread] = []
         self._dispatcher = Dispatcher()
         self._conn: Connection | None = None
+        self._handshake_sock = None
         self._subs: dict[str, Subscription] = {}
         self._listeners: list[Callable[[], object]] = []
         self._error: RealtimeError | None = None
@@ -170,6 +183,7 @@ class RealtimeClient(SocketLoop):
             on_connected=self._on_connected,
             spawn=self._spawn,
             on_recovery_failed=self._recovery_failed,
+            stable_after=float(stable_after),
         )
         self._resume_in_child = False
         _fork.register(self, order=_fork.ORDER_CLIENT, after_child=RealtimeClient._after_fork)
@@ -189,6 +203,7 @@ class RealtimeClient(SocketLoop):
         self._thread = None
         self._helpers = []
         self._conn = None  # the parent's socket: never read nor written here
+        self._handshake_sock = None
         self._dispatcher.reset_after_fork()
         self._context = attrs.evolve(self._context, lock=self._lock)
         for sub in self._subs.values():
@@ -323,8 +338,8 @@ class RealtimeClient(SocketLoop):
             return True
 
     def close(self) -> None:
-        """Close the connection and end every thread (within 1 s, or ``timeout`` while a
-        handshake is in progress). The client cannot be reused."""
+        """Close the connection and end every thread (within about 1 s; a handshake in
+        progress ends at once, its socket closed). The client cannot be reused."""
         with self._lock:
             if self._state is RealtimeState.CLOSED:
                 return
@@ -334,6 +349,8 @@ class RealtimeClient(SocketLoop):
             if conn is not None:
                 conn.live = False
                 close_socket(conn.ws, 1000, "client closed")
+            if self._handshake_sock is not None:
+                shutdown_socket(self._handshake_sock)  # ends a handshake in progress at once
         started = time.monotonic()
         if thread is not None and thread is not threading.current_thread():
             thread.join(self._timeout + 1.0)

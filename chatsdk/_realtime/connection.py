@@ -73,8 +73,9 @@ class ClientContext:
         rng: jitter source.
         timeout: seconds to wait for any reply.
         ping_grace: extra seconds of silence allowed after the server's ping interval.
-        min_delay: backoff floor (subscribe retries).
+        min_delay: backoff floor (subscribe retries, resubscribes after gaps).
         max_delay: backoff ceiling.
+        stable_after: a subscription without a gap this long starts its backoff over.
         get_token: fetches a fresh token (``None``: the token cannot be refreshed).
         on_connected: called (lock held) when the connect reply arrived.
         spawn: starts a tracked helper thread running the given function.
@@ -96,6 +97,7 @@ class ClientContext:
     on_connected: Callable[[Connection], None]
     spawn: Callable[[Callable[[], None]], None]
     on_recovery_failed: Callable[[str], None] = lambda _channel: None
+    stable_after: float = 5.0
 
 
 @attrs.define
@@ -319,17 +321,9 @@ class Connection:
         if reply.error is not None:
             err = reply.error
             if err.code == 105:  # already subscribed: start over to learn the position
-                self._resubscribe(sub, unsubscribe_first=True)
+                self._resubscribe_backing_off(sub, unsubscribe_first=True)
             elif sub.on_subscribe_error(err):
-                delay = reconnect_delay(
-                    0, self.context.min_delay, self.context.max_delay, self.context.rng
-                )
-                self._timers.append(
-                    (
-                        self.context.clock() + delay,
-                        lambda: self._resubscribe(sub, unsubscribe_first=False),
-                    )
-                )
+                self._resubscribe_backing_off(sub, unsubscribe_first=False, first_at_once=False)
             else:
                 log.warning(
                     "subscribe to %s failed for good: %s %s", sub.channel, err.code, err.message
@@ -337,7 +331,10 @@ class Connection:
                 del subs[sub.channel]
             return
         result = parse_subscribe_result(reply.result("subscribe"))
-        self._apply_step(sub, sub.on_subscribe_result(result))
+        step = sub.on_subscribe_result(result)
+        if not step.resubscribe:
+            sub.subscribed_cleanly(self.context.clock())
+        self._apply_step(sub, step)
         self.context.counters.maybe_restored(self.context.clock(), subs)
 
     def _on_refresh_reply(self, reply: Reply) -> None:
@@ -370,7 +367,7 @@ class Connection:
                 RealtimeError(f"server unsubscribed {push.channel}: {push.reason}", code=push.code)
             )
         elif sub.state is SubscriptionState.SUBSCRIBED:
-            self._resubscribe(sub, unsubscribe_first=False)
+            self._resubscribe_backing_off(sub, unsubscribe_first=False)
 
     def _apply_step(self, sub: Subscription, step: Step) -> None:
         dispatcher = self.context.dispatcher
@@ -386,7 +383,36 @@ class Connection:
             self.context.on_recovery_failed(sub.channel)
         if step.resubscribe:
             counters.gaps += 1
-            self._resubscribe(sub, unsubscribe_first=True)
+            self._resubscribe_backing_off(sub, unsubscribe_first=True)
+
+    def _resubscribe_backing_off(
+        self, sub: Subscription, *, unsubscribe_first: bool, first_at_once: bool = True
+    ) -> None:
+        """Resubscribe because the server said so (a gap, an error...), with backoff.
+
+        The waits are the reconnect backoff's (jittered, exponential, capped); with
+        ``first_at_once`` the first resubscribe for a while goes at once (a real gap is
+        recovered without delay). One resubscribe is scheduled at a time.
+        """
+        if sub.retry_scheduled or not self.usable or not sub.active:
+            return
+        context = self.context
+        now = context.clock()
+        step = sub.next_retry_step(now, context.stable_after)
+        if first_at_once:
+            if step == 0:
+                self._resubscribe(sub, unsubscribe_first=unsubscribe_first)
+                return
+            step -= 1
+        delay = reconnect_delay(step, context.min_delay, context.max_delay, context.rng)
+        log.debug("resubscribing to %s in %.2fs (retry %d)", sub.channel, delay, step + 1)
+        sub.retry_scheduled = True
+
+        def resubscribe() -> None:
+            sub.retry_scheduled = False
+            self._resubscribe(sub, unsubscribe_first=unsubscribe_first)
+
+        self._timers.append((now + delay, resubscribe))
 
     def _resubscribe(self, sub: Subscription, *, unsubscribe_first: bool) -> None:
         if not self.usable or not sub.active:

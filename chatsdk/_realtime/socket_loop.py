@@ -27,6 +27,7 @@ from chatsdk._errors import (
 from chatsdk._realtime.connection import CODE_TOKEN_ERROR, ClientContext, Connection
 from chatsdk._realtime.reconnect import Outcome, ReconnectPolicy, is_final_close_code
 from chatsdk._realtime.stats import Counters, RealtimeState
+from chatsdk._realtime.transport import MessageTooBigError, open_websocket
 from chatsdk._version import __version__
 
 if TYPE_CHECKING:
@@ -38,6 +39,8 @@ log = logging.getLogger("chatsdk._realtime.client")
 
 #: A drop within this many seconds of opening counts as a breaker failure.
 BREAKER_HEALTHY_AFTER = 5.0
+#: The close code for a message over the limit (RFC 6455 "Message Too Big").
+CODE_MESSAGE_TOO_BIG = 1009
 _MAX_READ_SLICE = 0.25
 
 
@@ -76,7 +79,10 @@ class SocketLoop:
     _token: str
     _get_token: Callable[[], str] | None
     _timeout: float
+    _max_message_bytes: int
     _clock: Callable[[], float]
+    #: the raw socket of the handshake in progress (``close()`` shuts it down).
+    _handshake_sock: socket.socket | None
 
     def _set_state(self, new: RealtimeState) -> None:
         raise NotImplementedError
@@ -169,11 +175,18 @@ class SocketLoop:
             )
         if self._closing.is_set():
             return Outcome(code=1000, reason="client closed")
-        ws: Any = websocket.WebSocket(enable_multithread=True)
         try:
-            ws.connect(self.url, timeout=self._timeout)  # bounded: it cannot be interrupted
+            # The whole handshake within the timeout; close() shuts the socket down.
+            ws = open_websocket(
+                self.url,
+                timeout=self._timeout,
+                max_message_bytes=self._max_message_bytes,
+                track=self._track_handshake,
+                cancelled=self._closing.is_set,
+            )
         except Exception as exc:
-            ws.shutdown()
+            if self._closing.is_set():
+                return Outcome(code=1000, reason="client closed")
             log.info("realtime handshake with %s failed: %r", self.url, exc)
             return Outcome(code=1006, reason=f"handshake failed: {exc}", handshake_failed=True)
         with self._lock:
@@ -201,6 +214,10 @@ class SocketLoop:
             outcome.connected_for = now - conn.connected_at
         return outcome
 
+    def _track_handshake(self, sock: socket.socket | None) -> None:
+        with self._lock:
+            self._handshake_sock = sock
+
     def _read(self, conn: Connection, ws: Any, permit: AttemptPermit | None) -> Outcome:
         permit_settled = permit is None
         while True:
@@ -226,6 +243,13 @@ class SocketLoop:
                 opcode, frame = ws.recv_data_frame(True)
             except websocket.WebSocketTimeoutException:
                 continue
+            except MessageTooBigError as exc:
+                # Checked from the frame header: the payload was never read. 1009: too big.
+                log.warning(
+                    "realtime connection to %s closed (1009) and reconnecting: %s", self.url, exc
+                )
+                close_socket(ws, CODE_MESSAGE_TOO_BIG, "message too big")
+                return Outcome(code=CODE_MESSAGE_TOO_BIG, reason=str(exc))
             except Exception as exc:
                 if self._closing.is_set():
                     return Outcome(code=1000, reason="client closed")

@@ -136,6 +136,11 @@ class Subscription:
         self._held: list[RawPublication] = []
         self._held_overflow = False
         self._asked_recover = False
+        # Resubscribes the server provoked (gaps, retried errors, 105, 2500+ unsubscribes)
+        # back off like reconnects: the step grows until a gap-free subscribe stayed so.
+        self.retry_scheduled = False
+        self._retry_step = 0
+        self._clean_since: float | None = None
 
     # -- public -------------------------------------------------------------------------
 
@@ -182,10 +187,29 @@ class Subscription:
             params.update(recover=True, offset=stream.offset, epoch=stream.epoch)
         return params
 
+    def next_retry_step(self, now: float, stable_after: float) -> int:
+        """The backoff step of a resubscribe the server provoked now (0: the first for a while).
+
+        The step starts over once a subscribe without a gap stayed so ``stable_after``
+        seconds; a server that answers every subscribe with a gap never lets it.
+        """
+        if self._clean_since is not None and now - self._clean_since >= stable_after:
+            self._retry_step = 0
+        self._clean_since = None
+        step = self._retry_step
+        self._retry_step += 1
+        return step
+
+    def subscribed_cleanly(self, now: float) -> None:
+        """A subscribe reply left no gap (the stream is in one piece since ``now``)."""
+        if self._clean_since is None:
+            self._clean_since = now
+
     def connection_lost(self) -> None:
         """The connection dropped: pushes held for it are obsolete (recovery refetches)."""
         self._held.clear()
         self._held_overflow = False
+        self.retry_scheduled = False  # its timer went with the connection
         if self.active:
             self._state = SubscriptionState.SUBSCRIBING
             self._subscribed.clear()
@@ -261,7 +285,10 @@ class Subscription:
             log.info(
                 "gap on %s: offset %d after %d; recovering", self.channel, raw.offset, stream.offset
             )
-            self._held.append(raw)
+            if len(self._held) < MAX_HELD:
+                self._held.append(raw)
+            else:
+                self._held_overflow = True
             step.resubscribe = True
             return step
         step.deliver.append(self._publication(raw, stream.epoch))
