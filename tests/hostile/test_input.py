@@ -74,8 +74,16 @@ BAD_KEYS = [
 ]
 
 
-@pytest.mark.parametrize("key", BAD_KEYS)
-@pytest.mark.parametrize("build", ["client", "session", "client-env"])
+# An environment variable cannot hold NUL: that key is tried through the arguments only.
+BAD_KEY_BUILDS = [
+    pytest.param(key.values[0], build, id=f"{build}-{key.id}")
+    for build in ("client", "session", "client-env")
+    for key in BAD_KEYS
+    if not (build == "client-env" and "\x00" in key.values[0])
+]
+
+
+@pytest.mark.parametrize(("key", "build"), BAD_KEY_BUILDS)
 def test_row4_bad_key_is_refused_at_construction_without_echo(
     key: str,
     build: str,
@@ -83,8 +91,6 @@ def test_row4_bad_key_is_refused_at_construction_without_echo(
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    if build == "client-env" and "\x00" in key:
-        pytest.skip("an environment variable cannot hold NUL")
     caplog.set_level(logging.DEBUG)
     outbox = tmp_path / "outbox.db"
     with recording_server() as server:
