@@ -91,6 +91,10 @@ class PostgresCluster:
         self._pg_ctl = pg_ctl
         self._run(initdb, "-D", self.data, "-U", "postgres", "--auth=trust", "-E", "UTF8",
                   "--no-sync")  # fmt: skip
+        if self.listen != "127.0.0.1":
+            # Reachable from other namespaces: trust them too (a throwaway test server).
+            with open(os.path.join(self.data, "pg_hba.conf"), "a") as hba:
+                hba.write("host all all 0.0.0.0/0 trust\n")
         options = (
             f"-p {self.port} -c listen_addresses='{self.listen}' -k {self.root}"
             " -c fsync=off -c full_page_writes=off -c max_connections=200"

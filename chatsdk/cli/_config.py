@@ -22,6 +22,7 @@ from typing import Any
 import attrs
 
 from chatsdk._client import ChatClient
+from chatsdk._outbox.outbox import Outbox
 from chatsdk.cli._exits import CONFIG, EPILOG, CommandError
 from chatsdk.cli._output import add_secret
 
@@ -194,11 +195,22 @@ def load(args: argparse.Namespace, *, need_outbox: bool = False) -> Config:
     return Config(url=url, api_key=key, outbox=outbox)
 
 
-def make_client(config: Config, *, outbox: bool = False, close_timeout: float = 0.0) -> ChatClient:
-    """A :class:`ChatClient` for ``config`` (with its outbox when ``outbox``)."""
-    return ChatClient(
-        config.url,
-        config.api_key,
-        outbox=config.outbox if outbox else None,
-        close_timeout=close_timeout,
-    )
+def make_client(
+    config: Config,
+    *,
+    outbox: bool = False,
+    close_timeout: float = 0.0,
+    lease_seconds: float | None = None,
+) -> ChatClient:
+    """A :class:`ChatClient` for ``config`` (with its outbox when ``outbox``).
+
+    ``lease_seconds`` sets the outbox's lease (how soon another drainer takes over the
+    entries of one that died); None keeps the default.
+    """
+    target: Any = config.outbox if outbox else None
+    if target is not None and lease_seconds is not None:
+        target = Outbox(target, lease_seconds=lease_seconds)
+    client = ChatClient(config.url, config.api_key, outbox=target, close_timeout=close_timeout)
+    if isinstance(target, Outbox):
+        client._owns_outbox = True  # closed with the client, as a path would be
+    return client

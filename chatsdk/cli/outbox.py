@@ -106,6 +106,13 @@ def add_parser(subparsers: Any) -> None:
         metavar="S",
         help="with --forever: how long deliveries in flight may take to finish at SIGTERM",
     )
+    drain.add_argument(
+        "--lease",
+        type=seconds,
+        default=None,
+        metavar="S",
+        help="lease of each claim (default 30): a dead drainer's entries are taken over after S",
+    )
     add_client_options(drain)
     parser.set_defaults(func=run, client_command=True)
 
@@ -204,7 +211,7 @@ def _drain_forever(args: argparse.Namespace, config: Any) -> int:
     """Drain until SIGTERM/SIGINT: in-flight deliveries finish, claimed ones are released."""
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in _STOP_SIGNALS}
-    client = make_client(config, outbox=True)
+    client = make_client(config, outbox=True, lease_seconds=args.lease)
     try:
         echo(f"draining {client.outbox.path if client.outbox else args.path} until SIGTERM")
         while not stop.wait(3600.0):
@@ -230,7 +237,7 @@ def _drain(args: argparse.Namespace) -> int:
         return _drain_forever(args, config)
     with Outbox(args.path) as snapshot:  # before the client's drainer starts sending
         before = snapshot.stats()
-    client = make_client(config, outbox=True)
+    client = make_client(config, outbox=True, lease_seconds=args.lease)
     outbox = client.outbox
     assert outbox is not None
     try:

@@ -149,7 +149,8 @@ def test_drain_forever_stops_on_sigterm_with_exit_0(server: ReferenceServer, url
         proc.send_signal(signal.SIGTERM)
         _out, err = proc.communicate(timeout=30)
     finally:
-        if proc.poll() is None:  # pragma: no cover - a hang
+        if proc.poll() is None:  # a failed wait: end the worker and close its pipes
             proc.kill()
+            proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert [m["text"] for m in server.all_messages()] == [f"m{i}" for i in range(20)] + ["late"]
