@@ -37,9 +37,12 @@ def database_settings(vendor: str, where: str, schema: str | None = None) -> dic
 @contextmanager
 def migrated_alias(
     vendor: str, tmp_path: Path, blocker: Any, postgres_url: str | None = None,
-    schema: str | None = None,
+    schema: str | None = None, **overrides: Any,
 ) -> Iterator[str]:  # fmt: skip
-    """A new alias on SQLite (a file in ``tmp_path``) or PostgreSQL (``schema``, created)."""
+    """A new alias on SQLite (a file in ``tmp_path``) or PostgreSQL (``schema``, created).
+
+    ``overrides`` update its settings (``CONN_MAX_AGE=None``, ``OPTIONS={...}`` merged).
+    """
     from django.db import connections
     from django.db.migrations.executor import MigrationExecutor
 
@@ -53,6 +56,8 @@ def migrated_alias(
         with psycopg.connect(postgres_url, autocommit=True) as conn:
             conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
         config = database_settings("postgresql", postgres_url, schema)
+    options = {**config["OPTIONS"], **overrides.pop("OPTIONS", {})}
+    config = {**config, **overrides, "OPTIONS": options}
     filled = connections.configure_settings({"default": config, alias: config})
     connections.settings[alias] = filled[alias]
     with blocker.unblock():

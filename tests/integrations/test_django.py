@@ -183,7 +183,8 @@ def test_chatsdk_outbox_list_retry_and_purge(tmp_path, settings) -> None:
     assert "purged 1 entries" in out.getvalue()
 
 
-def test_database_outbox_is_refused_until_the_store_exists(settings) -> None:
+@pytest.mark.django_db
+def test_the_database_outbox_setting_gives_the_django_store(settings) -> None:
     settings.CHATSDK = {**MEMORY, "OUTBOX": "database"}
-    with pytest.raises(ConfigurationError, match="storage contract"):
-        get_client()
+    outbox = get_client().outbox
+    assert outbox is not None and (outbox.backend, outbox.path) == ("django", "django:default")
