@@ -267,11 +267,13 @@ class Outbox:
         Args:
             connection: PostgreSQL only: a psycopg 3 connection in the caller's open
                 transaction. The entry is written on it and NOT committed: it exists (and
-                is delivered, by any drainer) if and only if the caller commits.
+                is delivered, by any drainer) if and only if the caller commits. (Django's
+                database store always writes in the current transaction, without it.)
 
         Raises:
             ValueError: ``kind`` is unknown, or the key is in use for a different operation.
-            TypeError: ``connection`` is not a psycopg 3 connection, or the outbox is SQLite.
+            TypeError: ``connection`` is not a psycopg 3 connection, or the outbox is
+                SQLite or Django's.
             OutboxError: the store cannot be written (e.g. the database is unreachable).
         """
         if kind not in ("message", "reaction"):
