@@ -285,3 +285,85 @@ def test_a_drainer_replaces_a_connection_the_server_cut(make_alias: Any) -> None
     assert drainer.stop(60)
     connections[alias].close()
     box.close()
+
+
+# -- the store's own machinery (the semantics are the conformance suite's) ----------------
+
+
+def _sql(alias: str, sql: str, args: tuple[Any, ...] = ()) -> None:
+    with connections[alias].cursor() as cur:
+        cur.execute(sql, args)
+
+
+def test_an_undecodable_row_is_a_dead_letter_and_stops_nothing(make_alias: Any) -> None:
+    alias = make_alias()
+    box = Outbox(DjangoStore(alias))
+    bad = box.enqueue("message", "a", body("bad"))
+    good = box.enqueue("message", "b", body("good"))
+    _sql(alias, "UPDATE chatsdk_outbox SET body = 'not json' WHERE id = %s", (bad.id,))
+    claimed, _ = box.claim(5)
+    assert [e.id for e in claimed] == [good.id]
+    dead = box.get(bad.id)
+    assert dead is not None and dead.status == "failed"
+    assert dead.last_error is not None and "undecodable entry" in dead.last_error
+    box.close()
+
+
+def test_leases_renewed_orphans_adopted_and_bad_error_records(make_alias: Any) -> None:
+    alias = make_alias()
+    store = DjangoStore(alias)
+    box = Outbox(store, lease_seconds=30)
+    assert store.renew(1.0) == 0  # nothing in flight
+    entry = box.enqueue("message", "a", body())
+    (claimed,), _ = box.claim(1)
+    assert box.renew_leases() == 1
+    renewed = box.get(entry.id)
+    assert renewed is not None and renewed.lease_owner == box.owner
+    # Entries queued by a process of this host that exited are this one's to wait for.
+    dead_origin = f"{store.host}:999999999:x"
+    orphan = box.enqueue("message", "b", body("orphan"))
+    _sql(alias, "UPDATE chatsdk_outbox SET origin = %s WHERE id = %s", (dead_origin, orphan.id))
+    assert box.pending_count(own=True) == 1
+    assert box.adopt_orphans() == 1 and box.pending_count(own=True) == 2
+    # A backoff whose stored error is not JSON is no server-requested delay: expedited.
+    box.reschedule(claimed, ConnectionResetError("reset"), 60.0)
+    _sql(alias, "UPDATE chatsdk_outbox SET error = 'not json' WHERE id = %s", (entry.id,))
+    assert box.expedite() == 1
+    box.close()
+
+
+def test_closed_and_database_errors_are_outbox_errors(make_alias: Any) -> None:
+    from chatsdk import OutboxError
+
+    alias = make_alias()
+    box = Outbox(DjangoStore(alias))
+    _sql(alias, "DROP TABLE chatsdk_outbox")
+    with pytest.raises(OutboxError, match=f"outbox django:{alias}: "):
+        box.claim(1)
+    box.close()
+    with pytest.raises(OutboxError, match="closed"):
+        box.stats()
+
+
+def test_a_forked_child_has_its_own_owner_and_no_claims(make_alias: Any) -> None:
+    import os
+
+    alias = make_alias()
+    box = Outbox(DjangoStore(alias))
+    box.enqueue("message", "a", body())
+    box.claim(1)
+    parent = box.owner
+    assert len(box._held) == 1
+    connections[alias].close()  # no connection crosses the fork
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        ok = box.owner != parent and box.owner.split(":")[1] == str(os.getpid())
+        os.write(write, b"1" if ok and not box._held else b"0")
+        os._exit(0)
+    os.close(write)
+    assert os.read(read, 1) == b"1"
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert box.owner == parent and len(box._held) == 1
+    box.close()
