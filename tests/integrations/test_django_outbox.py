@@ -367,3 +367,32 @@ def test_a_forked_child_has_its_own_owner_and_no_claims(make_alias: Any) -> None
     os.waitpid(pid, 0)
     assert box.owner == parent and len(box._held) == 1
     box.close()
+
+
+def test_two_drainers_deliver_each_entry_once_in_channel_order(make_alias: Any) -> None:
+    """Two stores (two owners) with four workers each compete for the same rows."""
+    alias = make_alias()
+    boxes = [Outbox(DjangoStore(alias)) for _ in range(2)]
+    for n in range(60):
+        boxes[n % 2].enqueue("message", f"c{n % 5}", body(f"{n}"))
+    lock = threading.Lock()
+    delivered: list[tuple[str, int]] = []
+
+    def deliver(op: Any) -> dict[str, Any]:
+        with lock:
+            delivered.append((op.channel, int(op.body["text"])))
+        return message_json(op)
+
+    drainers = [Drainer(box, deliver, workers=4, poll_interval=0.05) for box in boxes]
+    for drainer in drainers:
+        drainer.start()
+    assert all(drainer.flush(120) for drainer in drainers)
+    for drainer in drainers:
+        assert drainer.stop(60)
+    assert sorted(n for _, n in delivered) == list(range(60))  # each once
+    for c in range(5):
+        lane = [n for channel, n in delivered if channel == f"c{c}"]
+        assert lane == sorted(lane)  # in order within its channel
+    assert boxes[0].stats().sent == 60
+    for box in boxes:
+        box.close()
