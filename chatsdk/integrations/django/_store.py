@@ -506,6 +506,21 @@ class DjangoStore:
 
         return self._run(requeue)
 
+    def shift(self, entries: list[tuple[int, float, float]], step: float) -> list[int]:
+        """Move pending entries' times by ``step`` (see :meth:`.store.Store.shift`)."""
+
+        def shift() -> list[int]:
+            moved = []
+            for entry_id, created, due in entries:
+                known = self._pending().filter(id=entry_id, created_at=created, next_attempt_at=due)
+                if known.update(
+                    created_at=F("created_at") + step, next_attempt_at=F("next_attempt_at") + step
+                ):
+                    moved.append(entry_id)
+            return moved
+
+        return self._run(shift)
+
     def purge(self, statuses: tuple[str, ...]) -> int:
         query = self._all().filter(status__in=statuses)
         return int(self._run(lambda: query.delete()[0], atomic=False))
