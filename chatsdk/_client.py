@@ -286,7 +286,9 @@ class ChatClient:
 
         With a PostgreSQL outbox, ``connection`` (a psycopg 3 connection in your open
         transaction) writes the entry in that transaction without committing it: the
-        message exists, and is delivered, if and only if your transaction commits.
+        message exists, and is delivered, if and only if your transaction commits. With
+        Django's database outbox (``CHATSDK["OUTBOX"] = "database"``) that is always so,
+        without ``connection``: the entry is written in the current ``transaction.atomic()``.
 
         Raises:
             ValidationError: an argument breaks the contract (nothing was queued).

@@ -319,7 +319,8 @@ class Drainer:
     def _guard(self, target: Callable[[], None]) -> None:
         """Run a thread's body; record why it ended if it was not asked to."""
         try:
-            target()
+            with self.outbox.drainer_thread():
+                target()
         finally:
             if not self._stopping and not self.outbox.closed:
                 name = threading.current_thread().name

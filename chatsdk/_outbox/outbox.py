@@ -35,6 +35,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 from chatsdk import _fork, _instrument
@@ -80,8 +81,10 @@ class Outbox:
 
     Args:
         target: a file path or ``sqlite:///path`` (one SQLite file: created mode 0600 with
-            its ``-wal``/``-shm`` if missing), or a ``postgresql://`` URL (a table there,
-            created and migrated as needed; needs ``chatsdk[postgres]``).
+            its ``-wal``/``-shm`` if missing), a ``postgresql://`` URL (a table there,
+            created and migrated as needed; needs ``chatsdk[postgres]``), or a store
+            object (the Django integration's, for ``CHATSDK["OUTBOX"] = "database"``):
+            this Outbox's ``lease_seconds``, ``max_age`` and ``sent_retention`` apply to it.
         durability: SQLite only: ``"normal"`` survives a process crash
             (``synchronous=NORMAL``); ``"full"`` also survives power loss.
         lease_seconds: how long a claim stays exclusive without renewal before another
@@ -106,7 +109,7 @@ class Outbox:
 
     def __init__(
         self,
-        target: str | os.PathLike[str],
+        target: str | os.PathLike[str] | Store,
         *,
         durability: Durability = "normal",
         lease_seconds: float = 30.0,
@@ -127,10 +130,16 @@ class Outbox:
             isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1
         ):
             raise ValueError(f"max_attempts must be an int >= 1 or None, got {max_attempts!r}")
-        kind, where = parse_target(target)
         lease, age, retention = float(lease_seconds), float(max_age), float(sent_retention)
         self._store: Store
-        if kind == "postgresql":
+        if not isinstance(target, (str, os.PathLike)):
+            if schema is not None or table is not None:
+                raise ValueError("schema= and table= apply to a PostgreSQL outbox only")
+            self._store = target
+            target.lease_seconds, target.max_age, target.sent_retention = lease, age, retention
+            kind = target.backend
+        elif (parsed := parse_target(target))[0] == "postgresql":
+            kind, where = parsed
             try:
                 from chatsdk._outbox.postgres import PostgresStore  # noqa: PLC0415 - optional extra
             except ImportError as exc:  # pragma: no cover - the extra is in the test env
@@ -146,6 +155,7 @@ class Outbox:
                 sent_retention=retention,
             )
         else:
+            kind, where = parsed
             if schema is not None or table is not None:
                 raise ValueError("schema= and table= apply to a PostgreSQL outbox only")
             self._store = SQLiteStore(
@@ -259,14 +269,16 @@ class Outbox:
         Args:
             connection: PostgreSQL only: a psycopg 3 connection in the caller's open
                 transaction. The entry is written on it and NOT committed: it exists (and
-                is delivered, by any drainer) if and only if the caller commits.
+                is delivered, by any drainer) if and only if the caller commits. (Django's
+                database store always writes in the current transaction, without it.)
 
         Raises:
             ValidationError: ``body`` is not JSON that can be sent (a lone surrogate, a
                 non-finite number), or has ``attachments`` or a ``reaction`` that
                 ``queue_message``/``queue_reaction`` would refuse; nothing was stored.
             ValueError: ``kind`` is unknown, or the key is in use for a different operation.
-            TypeError: ``connection`` is not a psycopg 3 connection, or the outbox is SQLite.
+            TypeError: ``connection`` is not a psycopg 3 connection, or the outbox is
+                SQLite or Django's.
             OutboxError: the store cannot be written (e.g. the database is unreachable).
         """
         if kind not in ("message", "reaction"):
@@ -302,8 +314,9 @@ class Outbox:
             outbox=self,
             trace_context=carrier,
         )
-        if connection is None:  # otherwise the caller's commit NOTIFYs the drainers
-            self._notify()
+        # Wake this process's drainer once the entry is committed (with the caller's
+        # PostgreSQL connection, its commit NOTIFYs every drainer instead).
+        self._store.on_commit(self._notify, connection)
         return entry
 
     def get(self, entry_id: int) -> OutboxEntry[Any] | None:
@@ -505,9 +518,14 @@ class Outbox:
         self.close()
 
     def __repr__(self) -> str:
-        if self.backend == "postgresql":
+        if self.backend != "sqlite":
             return f"<Outbox {self.path}>"
         return f"<Outbox {self.path} durability={self.durability}>"
+
+    def drainer_thread(self) -> AbstractContextManager[None]:
+        """The scope a drainer runs each of its threads in (the store may need one, e.g. to
+        manage a framework's per-thread database connections)."""
+        return self._store.drainer_thread()
 
     # -- the drainer's side ----------------------------------------------------------------
 

@@ -31,6 +31,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -88,6 +89,7 @@ class PostgresStore:
         pool_size: idle connections kept for reuse.
     """
 
+    backend = "postgresql"
     poll_interval = SAFETY_POLL
 
     def __init__(
@@ -273,6 +275,16 @@ class PostgresStore:
                 target=self._listen, name=f"chatsdk-outbox-listen-{self.table}", daemon=True
             )
             self._listener.start()
+
+    def on_commit(self, callback: Callable[[], None], connection: Any) -> None:
+        """``callback()`` now when :meth:`insert` committed; with the caller's connection
+        its commit ``NOTIFY``s every drainer, this process's listener included."""
+        if connection is None:
+            callback()
+
+    def drainer_thread(self) -> AbstractContextManager[None]:
+        """Nothing to set up: the pool's connections are this store's own."""
+        return contextlib.nullcontext()
 
     def _listen(self) -> None:
         pid, delay = os.getpid(), 0.05

@@ -8,6 +8,7 @@ The file itself (opening, migrations, corruption, busy waits, fork safety) is
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -15,6 +16,7 @@ import sqlite3
 import threading
 import uuid
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from typing import Any
 
 from chatsdk._outbox import sql
@@ -47,6 +49,7 @@ def owner_alive(owner: str | None, host: str) -> bool:
 class SQLiteStore:
     """The outbox's entries in one SQLite file, shared by this host's processes."""
 
+    backend = "sqlite"
     poll_interval = 1.0  # no cross-process wake-ups: look at the file this often
 
     def __init__(
@@ -95,6 +98,14 @@ class SQLiteStore:
 
     def watch(self) -> None:
         """Nothing to do (see :meth:`on_wake`)."""
+
+    def on_commit(self, callback: Callable[[], None], connection: Any) -> None:
+        """:meth:`insert` commits (it takes no caller's connection): ``callback()`` now."""
+        callback()
+
+    def drainer_thread(self) -> AbstractContextManager[None]:
+        """Nothing to set up: the file's connection is this store's own."""
+        return contextlib.nullcontext()
 
     # -- entries ---------------------------------------------------------------------------
 

@@ -1,8 +1,10 @@
 """The storage contract of the outbox: what the facade and the drainer need from a backend.
 
 :class:`~chatsdk._outbox.outbox.Outbox` validates, encodes and waits; a :class:`Store` keeps
-the entries. Two implement it: :class:`~chatsdk._outbox.sqlite_store.SQLiteStore` (one file,
-one host) and :class:`~chatsdk._outbox.postgres.PostgresStore` (a fleet of hosts).
+the entries. Two implement it here: :class:`~chatsdk._outbox.sqlite_store.SQLiteStore` (one
+file, one host) and :class:`~chatsdk._outbox.postgres.PostgresStore` (a fleet of hosts); the
+Django integration adds a third (a model in the app's own database), passed to the Outbox
+as its target.
 
 Rows are tuples of :data:`~chatsdk._outbox.models.COLUMNS`. Every claim carries a lease: an
 owner, a wall-clock expiry and a random *token*; each outcome (ack, fail, reschedule,
@@ -21,6 +23,7 @@ import json
 import os
 import threading
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from typing import Any, Literal, Protocol
 
 from chatsdk._errors import ConfigurationError
@@ -118,11 +121,17 @@ class Store(Protocol):
     Every outcome forgets the token (its lease is no longer renewed).
     """
 
+    #: ``"sqlite"``, ``"postgresql"``, or another store's name (``"django"``).
+    backend: str
     #: Where the entries are, for messages (a path, or a URL without its password).
     target: str
     host: str
     #: The longest a drainer sleeps between looks when nothing wakes it.
     poll_interval: float
+    #: Set by the Outbox from its own arguments.
+    lease_seconds: float
+    max_age: float
+    sent_retention: float
 
     @property
     def owner(self) -> str:
@@ -149,6 +158,14 @@ class Store(Protocol):
 
     def watch(self) -> None:
         """Make sure other processes' outcomes wake this process's waiters (if it can)."""
+
+    def on_commit(self, callback: Callable[[], None], connection: Any) -> None:
+        """Call ``callback()`` once the entry :meth:`insert` just wrote (with ``connection``)
+        is committed: at once when insert committed it; never when the caller's commit
+        wakes the drainers itself (PostgreSQL's ``NOTIFY``); rolled back, never."""
+
+    def drainer_thread(self) -> AbstractContextManager[None]:
+        """The scope of one of a drainer's own threads: every call the thread makes is in it."""
 
     def insert(
         self,

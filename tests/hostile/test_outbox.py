@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
@@ -101,24 +102,40 @@ class Clocks:
         self.wall.advance(seconds)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", "postgresql", "django-sqlite", "django-postgresql"])
 def make_outbox(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., Outbox]]:
-    """Outbox(clocks, **kwargs) on this test's store: a file, or a PostgreSQL schema of its own."""
+    """Outbox(clocks, **kwargs) on this test's store: a file, a PostgreSQL schema of its own,
+    or the Django database store on a database alias of its own (SQLite or PostgreSQL)."""
     made: list[Outbox] = []
     target: Any = tmp_path / "outbox.db"
     extra: dict[str, Any] = {}
-    if request.param == "postgresql":
+    backend = str(request.param)
+    if backend == "postgresql" or backend == "django-postgresql":
         target = request.getfixturevalue("postgres_url")
         extra = {"schema": request.getfixturevalue("pg_schema")}
+    with contextlib.ExitStack() as stack:
+        if backend.startswith("django"):
+            pytest.importorskip("django")
+            from chatsdk.integrations.django._store import DjangoStore
+            from tests.django_db import migrated_alias
 
-    def make(clocks: Clocks, **kwargs: Any) -> Outbox:
-        box = Outbox(target, clock=clocks.wall, monotonic=clocks.monotonic, **extra, **kwargs)
-        made.append(box)
-        return box
+            pg = {"postgres_url": target, **extra} if extra else {}
+            blocker = request.getfixturevalue("django_db_blocker")
+            vendor = backend.removeprefix("django-")
+            alias = stack.enter_context(migrated_alias(vendor, tmp_path, blocker, **pg))
 
-    yield make
-    for box in made:
-        box.close()
+        def make(clocks: Clocks, **kwargs: Any) -> Outbox:
+            times = {"clock": clocks.wall, "monotonic": clocks.monotonic}
+            if backend.startswith("django"):
+                box = Outbox(DjangoStore(alias), **times, **kwargs)
+            else:
+                box = Outbox(target, **times, **extra, **kwargs)
+            made.append(box)
+            return box
+
+        yield make
+        for box in made:
+            box.close()
 
 
 class Server:

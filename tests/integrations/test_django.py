@@ -183,7 +183,24 @@ def test_chatsdk_outbox_list_retry_and_purge(tmp_path, settings) -> None:
     assert "purged 1 entries" in out.getvalue()
 
 
-def test_database_outbox_is_refused_until_the_store_exists(settings) -> None:
+@pytest.mark.django_db
+def test_the_database_outbox_setting_gives_the_django_store(settings) -> None:
     settings.CHATSDK = {**MEMORY, "OUTBOX": "database"}
-    with pytest.raises(ConfigurationError, match="storage contract"):
-        get_client()
+    outbox = get_client().outbox
+    assert outbox is not None and (outbox.backend, outbox.path) == ("django", "django:default")
+
+
+@pytest.mark.django_db
+def test_the_database_outbox_in_a_test_delivers_on_flush(settings) -> None:
+    """How an app's own tests use it: pytest-django's transaction, test mode, flush."""
+    from django.db import transaction
+
+    from tests.integrations.django_project.shop.models import Order
+
+    settings.CHATSDK = {**MEMORY, "OUTBOX": "database"}
+    chat = get_client()
+    with transaction.atomic():
+        order = Order.objects.create(item="book")
+        chat.queue_message("orders", f"order {order.pk}")
+    assert chat.flush(5).pending == 0  # test mode: delivered in this thread
+    assert [s.data["text"] for s in sent()] == [f"order {order.pk}"]

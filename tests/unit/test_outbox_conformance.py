@@ -1,7 +1,8 @@
-"""The outbox conformance suite: every semantic test runs on SQLite and on PostgreSQL.
+"""The outbox conformance suite: every semantic test runs on every store.
 
 Order, leases and fencing, dead letters, expiry, retries, waits: one set of tests
-parametrised over both stores (``backend``), so they cannot drift apart. A fake clock.
+parametrised over the stores (``backend``), so they cannot drift apart: the SQLite file,
+PostgreSQL, and the Django database store on SQLite and on PostgreSQL. A fake clock.
 Tests about one store's own machinery live in test_outbox_db.py (the SQLite file) and
 test_outbox_postgres.py.
 """
@@ -67,9 +68,29 @@ def clock() -> FakeClock:
     return FakeClock(T0)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", "postgresql", "django-sqlite", "django-postgresql"])
 def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
+
+
+@pytest.fixture
+def django_alias(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[str]:
+    """A Django database alias of this test's own, migrated (SQLite file or PG schema)."""
+    pytest.importorskip("django")
+    from tests.django_db import migrated_alias
+
+    vendor = backend.removeprefix("django-")
+    pg: dict[str, str] = {}
+    if vendor == "postgresql":
+        pg = {
+            "postgres_url": request.getfixturevalue("postgres_url"),
+            "schema": request.getfixturevalue("pg_schema"),
+        }
+    blocker = request.getfixturevalue("django_db_blocker")
+    with migrated_alias(vendor, tmp_path, blocker, **pg) as alias:
+        yield alias
 
 
 @pytest.fixture
@@ -83,10 +104,16 @@ def make_outbox(
     if backend == "postgresql":
         target = request.getfixturevalue("postgres_url")
         extra = {"schema": request.getfixturevalue("pg_schema")}
+    alias = request.getfixturevalue("django_alias") if backend.startswith("django") else None
 
     def make(**kwargs: Any) -> Outbox:
         kwargs.setdefault("clock", clock)
-        box = Outbox(target, **extra, **kwargs)
+        if alias is not None:
+            from chatsdk.integrations.django._store import DjangoStore
+
+            box = Outbox(DjangoStore(alias), **kwargs)
+        else:
+            box = Outbox(target, **extra, **kwargs)
         made.append(box)
         return box
 
@@ -106,6 +133,14 @@ def put(box: Outbox, channel: str = "c1", text: str = "hi", **kw: Any) -> Outbox
 
 def raw(box: Outbox, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
     """Run one statement on the store behind ``box`` (``entries`` is its table, ``?`` a value)."""
+    store: Any = box._store
+    if box.backend == "django":
+        from django.db import connections
+
+        text = sql.replace("?", "%s").replace("entries", "chatsdk_outbox")
+        with connections[store.alias].cursor() as cur:
+            cur.execute(text, args)
+            return [tuple(r) for r in cur.fetchall()] if cur.description else []
     if box.backend == "sqlite":
         conn = sqlite3.connect(box.path, isolation_level=None)
         try:
@@ -114,7 +149,6 @@ def raw(box: Outbox, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
             conn.close()
     import psycopg
 
-    store: Any = box._store
     text = sql.replace("?", "%s").replace("entries", f'"{store.schema}"."{store.table}"')
     with psycopg.connect(store._url, autocommit=True) as pg:
         cur = pg.execute(text, args)
@@ -152,6 +186,17 @@ def test_context_manager_repr_owner_and_close(tmp_path: Path) -> None:
     box.close()  # idempotent
     with pytest.raises(OutboxError, match="closed"):
         box.stats()
+
+
+def test_a_store_object_as_target_takes_the_outbox_arguments(tmp_path: Path) -> None:
+    from chatsdk._outbox.sqlite_store import SQLiteStore
+
+    store = SQLiteStore(str(tmp_path / "store.db"))
+    with pytest.raises(ValueError, match="schema"):
+        Outbox(store, schema="s")
+    with Outbox(store, lease_seconds=5, max_age=60, sent_retention=1) as box:
+        assert (store.lease_seconds, store.max_age, store.sent_retention) == (5, 60, 1)
+        assert box.backend == "sqlite" and box.path == store.target
 
 
 # -- enqueue and reading ----------------------------------------------------------------

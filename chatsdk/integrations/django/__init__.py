@@ -11,6 +11,10 @@ in the process that uses it: calling it in a gunicorn ``--preload`` master (from
 with a flush bounded by ``CLOSE_TIMEOUT``. Changing the settings (``override_settings`` in
 tests) rebuilds it. Management commands: ``chatsdk_drain`` and ``chatsdk_outbox``; system
 checks ``chatsdk.E001``..``E003``, ``chatsdk.W001``.
+
+``OUTBOX = "database"`` keeps the outbox in the Django database (the ``chatsdk`` app's
+model, created by ``manage.py migrate``): ``queue_message`` inside ``transaction.atomic()``
+is part of the transaction. The admin lists the entries, with a retry action.
 """
 
 from __future__ import annotations

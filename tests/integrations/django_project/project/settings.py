@@ -47,6 +47,18 @@ DATABASES = {
         "OPTIONS": {"timeout": 30},
     }
 }
+# PostgreSQL instead, for subprocess runs: $DJANGO_TEST_POSTGRES_URL, in the schema
+# $DJANGO_TEST_POSTGRES_SCHEMA (which must exist).
+if os.environ.get("DJANGO_TEST_POSTGRES_URL"):
+    from tests.django_db import database_settings
+
+    DATABASES = {
+        "default": database_settings(
+            "postgresql",
+            os.environ["DJANGO_TEST_POSTGRES_URL"],
+            os.environ.get("DJANGO_TEST_POSTGRES_SCHEMA"),
+        )
+    }
 # The chatsdk settings under test: $DJANGO_CHATSDK (JSON) for subprocess runs, else the
 # in-memory transport, as a project's test settings would have it.
 CHATSDK = json.loads(
