@@ -9,6 +9,7 @@ connections (the caller's transaction, the drainer threads' own connections).
 from __future__ import annotations
 
 import json
+import signal
 import sqlite3
 import subprocess
 import threading
@@ -18,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.processes import child_env, python, require_module, until
+from tests.processes import Process, child_env, python, require_module, until
 
 require_module("django")
 require_module("pytest_django")
@@ -396,3 +397,23 @@ def test_two_drainers_deliver_each_entry_once_in_channel_order(make_alias: Any) 
     assert boxes[0].stats().sent == 60
     for box in boxes:
         box.close()
+
+
+def test_chatsdk_drain_worker_delivers_others_commits_and_stops_on_sigterm(
+    project: Project, chatsdk_server
+) -> None:
+    migrated(project)
+    config = {"URL": chatsdk_server.url, "API_KEY": "test-key", "OUTBOX": "database"}
+    env = {**project.env, "DJANGO_CHATSDK": json.dumps(config)}
+    worker = Process(python(str(MANAGE), "chatsdk_drain"), cwd=Path.cwd(), env=env)
+    try:
+        for _ in range(3):  # writers that die right after their commit, before any delivery
+            result = project.manage(config, "place_orders", "--commit", "1", "--die-after-commit")
+            assert result.returncode == -9, result.stdout + result.stderr
+        until(lambda: len(chatsdk_server.all_messages()) >= 3, 60, "the worker's deliveries")
+        assert worker.stop(signal.SIGTERM) == 0, worker.output
+    finally:
+        worker.kill()
+    assert sorted(m["text"] for m in chatsdk_server.all_messages()) == ["order committed-0"] * 3
+    assert project.query("SELECT status FROM chatsdk_outbox") == [("sent",)] * 3
+    assert "Traceback" not in worker.output, worker.output

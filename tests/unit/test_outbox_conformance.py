@@ -74,9 +74,7 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def django_alias(
-    backend: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> Iterator[str]:
+def django_alias(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
     """A Django database alias of this test's own, migrated (SQLite file or PG schema)."""
     pytest.importorskip("django")
     from tests.django_db import migrated_alias
