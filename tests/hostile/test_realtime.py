@@ -30,7 +30,7 @@ import trustme
 from chatsdk import ConfigurationError
 from chatsdk._realtime.client import RealtimeClient
 from chatsdk._realtime.subscription import Subscription
-from tests.helpers import Collector, realtime_threads, wait_until
+from tests.helpers import Collector, realtime_clients, realtime_threads, wait_until
 from tests.hostile.ws_servers import (
     OP_CONT,
     OP_TEXT,
@@ -53,20 +53,9 @@ def open_fds() -> int:
 
 @pytest.fixture
 def make_client() -> Iterator[Callable[..., RealtimeClient]]:
-    clients: list[RealtimeClient] = []
-
-    def make(url: str, **options: Any) -> RealtimeClient:
-        options.setdefault("token", "t")
-        options.setdefault("min_reconnect_delay", 0.05)
-        options.setdefault("max_reconnect_delay", 0.2)
-        client = RealtimeClient(url, **options)
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        client.close()
-    assert realtime_threads() == []
+    defaults = {"token": "t", "min_reconnect_delay": 0.05, "max_reconnect_delay": 0.2}
+    with realtime_clients(defaults) as make:
+        yield make
 
 
 # -- row 14: the handshake is bounded as a whole ----------------------------------------------
