@@ -136,8 +136,9 @@ def _redacted(value: Any) -> Any:
         response = requests.Response()
         fields: dict[str, Any] = vars(value)
         copied: dict[str, Any] = vars(response)
-        for name in ("status_code", "headers", "url", "encoding", "reason", "cookies", "elapsed"):
-            copied[name] = fields[name]
+        for name in requests.Response.__attrs__:  # what requests itself pickles
+            if name not in ("_content", "history", "request"):  # each handled below
+                copied[name] = fields[name]
         # A body never read stays unread: pickling must not block on the network.
         copied["_content"] = fields["_content"] if fields["_content_consumed"] else None
         copied["_content_consumed"] = True

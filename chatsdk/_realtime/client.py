@@ -123,10 +123,8 @@ class RealtimeClient(SocketLoop):
         ):
             check_seconds(name, seconds, error=ConfigurationError)  # NaN would never expire
         check_seconds("timeout", timeout, positive=True, error=ConfigurationError)
-        if min_reconnect_delay < 0 or max_reconnect_delay < min_reconnect_delay:
+        if max_reconnect_delay < min_reconnect_delay:
             raise ConfigurationError("need 0 <= min_reconnect_delay <= max_reconnect_delay")
-        if restart_spread < 0 or stable_after < 0 or ping_grace < 0 or timeout <= 0:
-            raise ConfigurationError("delays must be >= 0 and timeout > 0")
         if isinstance(max_message_bytes, bool) or not isinstance(max_message_bytes, int):
             raise ConfigurationError("max_message_bytes must be an int")
         if max_message_bytes < 1:

@@ -260,14 +260,18 @@ class Subscription:
         step.resubscribe = gap or overflow
         return step
 
+    def _hold(self, raw: RawPublication) -> None:
+        """Keep ``raw`` until the subscribe answers (at most MAX_HELD; then only a mark)."""
+        if len(self._held) < MAX_HELD:
+            self._held.append(raw)
+        else:
+            self._held_overflow = True
+
     def on_publication(self, raw: RawPublication) -> Step:
         """A publication push for this channel."""
         step = Step()
         if self._state is SubscriptionState.SUBSCRIBING:
-            if len(self._held) < MAX_HELD:
-                self._held.append(raw)
-            else:
-                self._held_overflow = True
+            self._hold(raw)
             return step
         if self._state is SubscriptionState.UNSUBSCRIBED:
             return step
@@ -285,10 +289,7 @@ class Subscription:
             log.info(
                 "gap on %s: offset %d after %d; recovering", self.channel, raw.offset, stream.offset
             )
-            if len(self._held) < MAX_HELD:
-                self._held.append(raw)
-            else:
-                self._held_overflow = True
+            self._hold(raw)
             step.resubscribe = True
             return step
         step.deliver.append(self._publication(raw, stream.epoch))

@@ -32,6 +32,7 @@ from collections.abc import Callable
 from typing import Any
 
 import websocket
+from websocket._handshake import SUPPORTED_REDIRECT_STATUSES
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
@@ -50,7 +51,6 @@ DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 MAX_HANDSHAKE_BYTES = 64 * 1024
 #: Redirects followed by one handshake (all within the same deadline).
 MAX_REDIRECTS = 3
-_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 TrackSocket = Callable[["socket.socket | None"], None]
 
@@ -360,7 +360,11 @@ def open_websocket(
                 sock.close()
                 response = ws.handshake_response
                 location = response.headers.get("location") if response is not None else None
-                if response is None or response.status not in _REDIRECTS or not location:
+                if (
+                    response is None
+                    or response.status not in SUPPORTED_REDIRECT_STATUSES
+                    or not location
+                ):
                     raise
                 url = urllib.parse.urljoin(url, location)
                 if not url.startswith(("ws://", "wss://")):
