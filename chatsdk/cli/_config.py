@@ -205,12 +205,10 @@ def make_client(
     """A :class:`ChatClient` for ``config`` (with its outbox when ``outbox``).
 
     ``lease_seconds`` sets the outbox's lease (how soon another drainer takes over the
-    entries of one that died); None keeps the default.
+    entries of one that died); None keeps the default. The caller closes ``client.outbox``
+    after the client (an Outbox handed to a client stays the caller's).
     """
     target: Any = config.outbox if outbox else None
     if target is not None and lease_seconds is not None:
         target = Outbox(target, lease_seconds=lease_seconds)
-    client = ChatClient(config.url, config.api_key, outbox=target, close_timeout=close_timeout)
-    if isinstance(target, Outbox):
-        client._owns_outbox = True  # closed with the client, as a path would be
-    return client
+    return ChatClient(config.url, config.api_key, outbox=target, close_timeout=close_timeout)

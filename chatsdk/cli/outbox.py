@@ -219,6 +219,8 @@ def _drain_forever(args: argparse.Namespace, config: Any) -> int:
         finished = client.stop_draining(args.grace)
     finally:
         client.close()
+        if client.outbox is not None:  # ours (see make_client); idempotent
+            client.outbox.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if not finished:
@@ -260,6 +262,8 @@ def _drain(args: argparse.Namespace) -> int:
         stuck = [e for e in outbox.entries("queued") if e.last_error]
     finally:
         client.close()
+        if client.outbox is not None:  # ours (see make_client); idempotent
+            client.outbox.close()
     sent = max(0, after.sent - before.sent)
     dead = max(0, after.failed + after.expired - before.failed - before.expired)
     if args.json:

@@ -77,8 +77,6 @@ class DjangoStore:
 
     Args:
         using: the database alias; default: where Django's routers write ``Entry`` rows.
-        lease_seconds, max_age, sent_retention: as :class:`~chatsdk.Outbox` has them (an
-            Outbox built on this store sets them from its own arguments).
         poll_interval: seconds between a drainer's looks for other processes' work.
     """
 
@@ -88,16 +86,13 @@ class DjangoStore:
         self,
         using: str | None = None,
         *,
-        lease_seconds: float = 30.0,
-        max_age: float = 82800.0,
-        sent_retention: float = 3600.0,
         poll_interval: float = 1.0,
     ) -> None:
         self.alias: str = using or router.db_for_write(Entry)
         self.target = f"django:{self.alias}"
         self.host = socket.gethostname().replace(":", "_")
-        self.lease_seconds, self.max_age = lease_seconds, max_age
-        self.sent_retention = sent_retention
+        # Set by the Outbox built on this store, from its own arguments.
+        self.lease_seconds, self.max_age, self.sent_retention = 30.0, 82800.0, 3600.0
         self.poll_interval = poll_interval
         self._closed = False
         self._local = threading.local()
@@ -265,7 +260,7 @@ class DjangoStore:
             oldest = self._pending().aggregate(oldest=Min("created_at"))["oldest"]
             return {status: int(n) for status, n in per}, oldest
 
-        return self._run(read)
+        return self._run(read, atomic=False)  # a read: never SQLite's write lock
 
     def has_pending(self) -> bool:
         return bool(self._run(self._pending().exists, atomic=False))

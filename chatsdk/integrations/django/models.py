@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from django.db import models
 
+from chatsdk._outbox.outbox import STATUSES
+
 __all__ = ["PENDING", "STATUSES", "Entry"]
 
 PENDING = ("queued", "sending")
-STATUSES = ("queued", "sending", "sent", "failed", "expired")
 
 
 class Entry(models.Model):
