@@ -380,10 +380,14 @@ class Outbox:
             OutboxError: no such entry, or it is not in a state that can be retried.
         """
 
+        was_expired = False
+
         def new_key(row: Row | None) -> str:
+            nonlocal was_expired
             if row is None:
                 raise OutboxError(f"no outbox entry {entry_id}")
             old = entry_from_row(self, row)
+            was_expired = old.status == "expired"
             if old.status not in ("failed", "expired") or (
                 old.status == "expired" and old.possibly_delivered
             ):
@@ -395,7 +399,8 @@ class Outbox:
 
         entry = entry_from_row(self, self._store.requeue(entry_id, self._now(), new_key))
         self._remember(entry.id, entry.created_at, entry.next_attempt_at)
-        self._recount_expired()
+        if was_expired:  # a retried failed entry leaves the expired count as it is
+            self._recount_expired()
         self._notify()
         return entry
 
