@@ -117,3 +117,17 @@ def require(available: bool, reason: str) -> None:
     if os.environ.get("CI") == "true":
         pytest.fail(f"CI=true and {reason}", pytrace=False)
     pytest.skip(reason)
+
+
+def message_response(op: Any) -> dict[str, Any]:
+    """The ``Message`` a server answers for the create ``op`` (an outbox ``Operation``)."""
+    return {
+        "id": f"m-{op.idempotency_key}",
+        "channelId": op.channel,
+        "text": op.body["text"],
+        "attachments": [],
+        "parentId": None,
+        "userId": "u1",
+        "createdAt": "2024-01-01T00:00:00Z",
+        "updatedAt": None,
+    }

@@ -29,7 +29,7 @@ from chatsdk._errors import OutboxError
 from chatsdk._outbox.drainer import Drainer
 from chatsdk._outbox.models import Operation
 from chatsdk._outbox.outbox import Outbox
-from tests.helpers import FakeClock, wait_until
+from tests.helpers import FakeClock, message_response, wait_until
 from tests.hostile.outbox_servers import rate_limit_server
 from tests.processes import require_module
 
@@ -154,16 +154,7 @@ class Server:
             self.texts.append(op.body["text"])
         if during is not None:
             during()
-        return {
-            "id": f"m-{op.idempotency_key}",
-            "channelId": op.body["channelId"],
-            "text": op.body["text"],
-            "attachments": [],
-            "parentId": None,
-            "userId": "u1",
-            "createdAt": "2026-12-02T00:00:00Z",
-            "updatedAt": None,
-        }
+        return message_response(op)
 
 
 def drain_five(box: Outbox, during: Callable[[], None]) -> tuple[bool, Server]:

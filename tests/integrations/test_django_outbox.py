@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import message_response
 from tests.processes import Process, child_env, python, require_module, until
 
 require_module("django")
@@ -39,17 +40,7 @@ def body(text: str = "hi") -> dict[str, Any]:
     return {"channelId": "orders", "text": text, "attachments": [], "parentId": None}
 
 
-def message_json(op: Any) -> dict[str, Any]:
-    return {
-        "id": f"m-{op.idempotency_key}",
-        "channelId": op.channel,
-        "text": op.body["text"],
-        "attachments": [],
-        "parentId": None,
-        "userId": "u1",
-        "createdAt": "2024-01-01T00:00:00Z",
-        "updatedAt": None,
-    }
+message_json = message_response
 
 
 # -- a Django project in subprocesses ---------------------------------------------------

@@ -32,7 +32,7 @@ from chatsdk._outbox.drainer import Drainer, is_permanent
 from chatsdk._outbox.models import Operation, OutboxEntry
 from chatsdk._outbox.outbox import Outbox
 from chatsdk._resilience.breaker import CircuitBreaker, CircuitState
-from tests.helpers import FakeClock
+from tests.helpers import FakeClock, message_response
 
 T0 = 1_700_000_000.0
 NO_JITTER = RetryPolicy(base_delay=1.0, max_delay=8.0, jitter="none")
@@ -42,17 +42,7 @@ def body(channel: str, text: str = "hi") -> dict[str, Any]:
     return {"channelId": channel, "text": text, "attachments": [], "parentId": None}
 
 
-def response(op: Operation) -> dict[str, Any]:
-    return {
-        "id": f"m-{op.idempotency_key}",
-        "channelId": op.channel,
-        "text": op.body["text"],
-        "attachments": [],
-        "parentId": None,
-        "userId": "u",
-        "createdAt": "2024-01-01T00:00:00Z",
-        "updatedAt": None,
-    }
+response = message_response
 
 
 class FakeDeliver:
