@@ -162,7 +162,8 @@ class _BoundedSocket:
 
 
 def _proxy_for(host: str, secure: bool) -> str | None:
-    """The proxy URL the environment gives for ``host`` (as websocket-client reads it)."""
+    """The proxy URL the environment gives for ``host``: ``https_proxy`` for wss (else
+    ``http_proxy``), ``http_proxy`` for ws; none when ``no_proxy`` covers ``host``."""
     proxies = urllib.request.getproxies_environment()
     if not proxies or urllib.request.proxy_bypass(host):
         return None

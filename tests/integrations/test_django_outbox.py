@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import message_response
+from tests.helpers import FakeClock, message_response
 from tests.processes import Process, child_env, python, require_module, until
 
 require_module("django")
@@ -304,13 +304,16 @@ def test_an_undecodable_row_is_a_dead_letter_and_stops_nothing(make_alias: Any) 
 def test_leases_renewed_orphans_adopted_and_bad_error_records(make_alias: Any) -> None:
     alias = make_alias()
     store = DjangoStore(alias)
-    box = Outbox(store, lease_seconds=30)
+    clock = FakeClock(1_800_000_000.0)
+    box = Outbox(store, lease_seconds=30, clock=clock)
     assert store.renew(1.0) == 0  # nothing in flight
     entry = box.enqueue("message", "a", body())
     (claimed,), _ = box.claim(1)
+    clock.advance(10)
     assert box.renew_leases() == 1
     renewed = box.get(entry.id)
     assert renewed is not None and renewed.lease_owner == box.owner
+    assert renewed.lease_expires_at == clock() + 30  # moved, not only still ours
     # Entries queued by a process of this host that exited are this one's to wait for.
     dead_origin = f"{store.host}:999999999:x"
     orphan = box.enqueue("message", "b", body("orphan"))
