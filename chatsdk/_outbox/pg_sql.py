@@ -74,41 +74,74 @@ WITH RECURSIVE chans(c) AS (
     FROM chans WHERE chans.c IS NOT NULL
 ), heads AS MATERIALIZED (
     SELECT h.* FROM chans CROSS JOIN LATERAL (
-        SELECT id, status, next_attempt_at, lease_expires_at, lease_token FROM {{t}}
+        SELECT id, status, created_at, next_attempt_at, lease_expires_at, lease_token FROM {{t}}
         WHERE {PENDING} AND channel = chans.c ORDER BY id LIMIT 1) h
 )"""
 # Due: queued and its time has come, or its lease ran out (its holder died or is cut
-# off). Re-checked on the locked row's newest version, so a head another transaction
-# claimed meanwhile is not claimed twice.
+# off), and not old enough to expire. Re-checked on the locked row's newest version, so a
+# head another transaction claimed meanwhile is not claimed twice.
 _DUE_E = (
     "((e.status = 'queued' AND e.next_attempt_at <= %(now)s)"
     " OR (e.status = 'sending' AND e.lease_expires_at <= %(now)s"
     " AND NOT e.lease_token = ANY(%(held)s::text[])))"
+    " AND e.created_at > %(oldest)s"
 )
 _TAKE = (
-    """
-UPDATE {t} SET status = 'sending', attempts = attempts + 1, lease_owner = %(owner)s,
-    lease_expires_at = %(expires)s, lease_token = md5(random()::text || clock_timestamp())
-FROM picked WHERE {t}.id = picked.pick """
+    """taken AS (
+    UPDATE {t} SET status = 'sending', attempts = attempts + 1, lease_owner = %(owner)s,
+        lease_expires_at = %(expires)s,
+        lease_token = md5(random()::text || clock_timestamp())
+    FROM picked WHERE {t}.id = picked.pick """
     + _RETURNING
+    + ")"
 )
+# One statement, so one round trip and its own transaction: the due heads claimed, each
+# row led by what the caller needs besides: when the next unclaimed head is due (the
+# heads just claimed left out), and whether a head is old enough to expire (then the
+# caller expires, and claims again). With nothing claimed, one row of those two alone.
 CLAIM = f"""{_HEADS}, picked AS (
     SELECT e.id AS pick FROM heads JOIN {{t}} e ON e.id = heads.id WHERE {_DUE_E}
     ORDER BY e.next_attempt_at, e.id LIMIT %(limit)s FOR UPDATE OF e SKIP LOCKED
+), {_TAKE}, summary AS (
+    SELECT min(CASE WHEN status = 'queued' THEN next_attempt_at ELSE lease_expires_at END)
+            FILTER (WHERE (status = 'queued' OR NOT lease_token = ANY(%(held)s::text[]))
+                AND id NOT IN (SELECT pick FROM picked)) AS next_due,
+        coalesce(bool_or(created_at <= %(oldest)s
+            AND NOT (status = 'sending' AND lease_expires_at > %(now)s)), false) AS stale
+    FROM heads
 )
-{_TAKE}"""
-NEXT_DUE = f"""{_HEADS}
-SELECT min(CASE WHEN status = 'queued' THEN next_attempt_at ELSE lease_expires_at END)
-FROM heads WHERE status = 'queued' OR NOT lease_token = ANY(%(held)s::text[])
-"""
-# A worker that just finished its channel's head takes the next one, if due and free.
-CLAIM_CHANNEL = f"""WITH picked AS (
-    SELECT id AS pick FROM {{t}} WHERE id = (
-        SELECT id FROM {{t}} WHERE {PENDING} AND channel = %(channel)s ORDER BY id LIMIT 1)
-    AND status = 'queued' AND next_attempt_at <= %(now)s AND created_at > %(oldest)s
+SELECT summary.next_due, summary.stale, taken.* FROM summary LEFT JOIN taken ON true"""
+# An outcome, fenced by the claim's token. The token stays on the finished row, so the
+# same statement rerun (its connection lost, the outcome unknown) changes nothing and
+# still reports the outcome recorded.
+# ``{outcome}`` is the SET list. ``{follow}`` is ``true`` to claim the channel's next entry
+# in the same statement (when the outcome applied, and that entry is due, free and not
+# old enough to expire), else ``false``. Without a claim it NOTIFYs "s": the channel
+# settled. Result: one row, (applied, notified, claimed entry's columns or NULLs).
+_OUTCOME = f"""
+WITH done AS (
+    UPDATE {{{{t}}}} SET {{outcome}}, lease_owner = NULL, lease_expires_at = NULL
+    WHERE id = %(id)s AND lease_token = %(token)s AND status = 'sending'
+    RETURNING id
+), picked AS (
+    SELECT e.id AS pick FROM {{{{t}}}} e WHERE {{follow}} AND e.id = (
+        SELECT id FROM {{{{t}}}} WHERE {PENDING} AND channel = %(channel)s AND id <> %(id)s
+        ORDER BY id LIMIT 1)
+    AND e.status = 'queued' AND e.next_attempt_at <= %(now)s AND e.created_at > %(oldest)s
+    AND EXISTS (SELECT 1 FROM done)
     FOR UPDATE SKIP LOCKED
-)
-{_TAKE}"""
+), {{take}}
+SELECT EXISTS (SELECT 1 FROM done) OR EXISTS (SELECT 1 FROM {{{{t}}}}
+        WHERE id = %(id)s AND lease_token = %(token)s AND status = %(final)s),
+    CASE WHEN NOT EXISTS (SELECT 1 FROM taken) THEN pg_notify(%(notify)s, 's') END,
+    taken.* FROM (SELECT 1) AS one LEFT JOIN taken ON true"""
+_SENT = "status = 'sent', finished_at = %(now)s, response = %(response)s"
+_FINISHED = """status = %(final)s, finished_at = %(now)s, last_error = %(text)s,
+    error = %(record)s, possibly_delivered = %(possibly)s"""
+ACK = _OUTCOME.format(outcome=_SENT, follow="false", take=_TAKE)
+ACK_FOLLOW = _OUTCOME.format(outcome=_SENT, follow="true", take=_TAKE)
+FINISH = _OUTCOME.format(outcome=_FINISHED, follow="false", take=_TAKE)
+FINISH_FOLLOW = _OUTCOME.format(outcome=_FINISHED, follow="true", take=_TAKE)
 # One statement (one round trip, its own transaction when autocommit): the row, and the
 # NOTIFY that wakes every drainer once it commits.
 INSERT = """
@@ -138,12 +171,6 @@ RENEW = (
 )
 _FENCE = " WHERE id = %(id)s AND status = 'sending' AND lease_token = %(token)s"
 _CLEAR = "lease_owner = NULL, lease_expires_at = NULL, lease_token = NULL"
-ACK = f"UPDATE {{t}} SET status = 'sent', finished_at = %(now)s, response = %(response)s, {_CLEAR}"
-ACK += _FENCE + " RETURNING channel"
-FINISH = f"""
-UPDATE {{t}} SET status = %(status)s, finished_at = %(now)s, {_CLEAR}, last_error = %(text)s,
-    error = %(record)s, possibly_delivered = %(possibly)s"""
-FINISH += _FENCE + " RETURNING channel"
 RESCHEDULE = f"""
 UPDATE {{t}} SET status = 'queued', next_attempt_at = %(when)s, {_CLEAR},
     last_error = %(text)s, error = %(record)s"""
@@ -179,14 +206,15 @@ DELETE FROM {t} WHERE id IN (
     SELECT id FROM {t} WHERE status = 'sent' AND finished_at <= %s LIMIT 5000)"""
 
 
-def statements(schema: str, table: str) -> dict[str, sql.Composed]:
-    """Every statement above by name (``"CLAIM"``...), composed for one schema and table.
+def statements(schema: str, table: str) -> dict[str, str]:
+    """Every statement above by name (``"CLAIM"``...), for one schema and table.
 
+    Rendered to text once (identifiers quoted), not composed again at every execution.
     ``"MIGRATIONS"`` is not among them: see :func:`migrations`.
     """
     names = _names(schema, table)
     return {
-        name: compose(text, names)
+        name: compose(text, names).as_string(None)
         for name, text in globals().items()
         if name.isupper()
         and isinstance(text, str)

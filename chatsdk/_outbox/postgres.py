@@ -6,6 +6,11 @@
   renewed while the delivery runs; when it runs out (a dead host, a partition) any drainer
   takes the entry over and resends it under the same idempotency key. Outcomes are fenced
   by the token.
+- Round trips: a claim is one statement (a transaction only when a head is old enough to
+  expire); an outcome is one statement that also claims the channel's next entry (the
+  drainer's ``follow="channel"``) or NOTIFYs that the channel settled. Statements run on
+  autocommit, so no BEGIN/COMMIT is sent for them; the token stays on a finished row, so
+  an outcome rerun after a lost connection finds itself recorded.
 - Wake-ups: ``NOTIFY`` in the transaction that queues (or settles) work, ``LISTEN`` on a
   connection of its own in a daemon thread; drainers otherwise look only every
   :data:`SAFETY_POLL` seconds.
@@ -404,28 +409,38 @@ class PostgresStore:
     # -- claims and outcomes ---------------------------------------------------------------
 
     def claim(self, limit: int, now: float) -> tuple[list[Row], float | None]:
-        """Claim up to ``limit`` due heads; see :meth:`chatsdk._outbox.store.Store.claim`."""
+        """Claim up to ``limit`` due heads; see :meth:`chatsdk._outbox.store.Store.claim`.
 
-        def take(cur: psycopg.Cursor[Any]) -> tuple[list[Row], float | None]:
-            self._expire(cur, now)
-            rows = self._take(cur, limit, now)
-            if len(rows) >= limit:
-                return rows, now
-            due = cur.execute(self._q["NEXT_DUE"], {"held": list(self.held)}).fetchone()
-            return rows, None if due is None else due[0]
+        One statement (one round trip); only when a head is old enough to expire does a
+        transaction expire what is due to and claim again.
+        """
+        rows, due, stale = self._run(lambda cur: self._take(cur, limit, now), single=True)
+        if stale:
 
-        return self._run(take)
+            def expire_and_take(cur: psycopg.Cursor[Any]) -> tuple[list[Row], float | None]:
+                self._expire(cur, now)
+                again, due, _ = self._take(cur, limit - len(rows), now)
+                return again, due
 
-    def _take(self, cur: psycopg.Cursor[Any], limit: int, now: float) -> list[Row]:
+            more, due = self._run(expire_and_take)
+            rows = sorted([*rows, *more], key=lambda r: r[0])
+        return rows, now if len(rows) >= limit else due
+
+    def _take(
+        self, cur: psycopg.Cursor[Any], limit: int, now: float
+    ) -> tuple[list[Row], float | None, bool]:
+        """The claimed rows, when the next unclaimed head is due, and whether one is stale."""
         args = {
             "now": now,
             "held": list(self.held),
             "limit": limit,
+            "oldest": now - self.max_age,
             "owner": self.owner,
             "expires": now + self.lease_seconds,
         }
-        rows = sorted(cur.execute(self._q["CLAIM"], args).fetchall(), key=lambda r: r[0])
-        return self._decodable(cur, rows, now)
+        result = cur.execute(self._q["CLAIM"], args).fetchall()
+        rows = sorted((r[2:] for r in result if r[2] is not None), key=lambda r: r[0])
+        return self._decodable(cur, rows, now), result[0][0], result[0][1]
 
     def _decodable(self, cur: psycopg.Cursor[Any], rows: list[Row], now: float) -> list[Row]:
         """Hold the claims of ``rows``; an undecodable one becomes a dead letter instead."""
@@ -459,35 +474,35 @@ class PostgresStore:
             return 0
         return self._run(lambda c: c.execute(self._q["RENEW"], (expires, tokens)).rowcount)
 
-    def _follow(
-        self, cur: psycopg.Cursor[Any], channel: str, follow: Follow, now: float
-    ) -> Row | None:
-        if follow == "any":
-            rows = self._take(cur, 1, now)
-        elif follow == "channel":
-            args = {
-                "channel": channel,
-                "now": now,
-                "oldest": now - self.max_age,
-                "owner": self.owner,
-                "expires": now + self.lease_seconds,
-            }
-            rows = self._decodable(cur, cur.execute(self._q["CLAIM_CHANNEL"], args).fetchall(), now)
-        else:
-            rows = []
-        if not rows:
-            self._notify(cur, "s")
-        return rows[0] if rows else None
-
     def _outcome(
         self, query: str, args: dict[str, Any], channel: str, now: float, follow: Follow
     ) -> tuple[bool, Row | None]:
+        """Record an outcome (``ACK``/``FINISH``) and claim what ``follow`` says.
+
+        ``"channel"`` and None take one statement; ``"any"`` a transaction that records,
+        then claims the most overdue head (which may be this channel's next entry).
+        """
+        args = {
+            **args,
+            "channel": channel,
+            "now": now,
+            "oldest": now - self.max_age,
+            "owner": self.owner,
+            "expires": now + self.lease_seconds,
+            "notify": self.channel,
+        }
+
         def record(cur: psycopg.Cursor[Any]) -> tuple[bool, Row | None]:
-            applied = cur.execute(self._q[query], args).rowcount > 0
-            return applied, self._follow(cur, channel, follow, now)
+            name = query + ("_FOLLOW" if follow == "channel" else "")
+            row = cur.execute(self._q[name], args).fetchone()
+            assert row is not None  # the statement always returns one row
+            claimed = self._decodable(cur, [] if row[2] is None else [row[2:]], now)
+            if follow == "any":
+                claimed = self._take(cur, 1, now)[0]
+            return bool(row[0]), claimed[0] if claimed else None
 
         try:
-            return self._run(record)
+            return self._run(record, single=follow != "any")
         finally:
             self.forget(args["token"])
 
@@ -500,7 +515,7 @@ class PostgresStore:
         now: float,
         follow: Follow,
     ) -> tuple[bool, Row | None]:
-        args = {"id": entry_id, "token": token, "now": now, "response": response}
+        args = {"id": entry_id, "token": token, "final": "sent", "response": response}
         return self._outcome("ACK", args, channel, now, follow)
 
     def finish(
@@ -517,8 +532,7 @@ class PostgresStore:
         args = {
             "id": entry_id,
             "token": token,
-            "now": now,
-            "status": status,
+            "final": status,
             "text": error[0],
             "record": error[1],
             "possibly": possibly_delivered,

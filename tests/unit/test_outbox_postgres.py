@@ -5,6 +5,8 @@ The semantics it shares with SQLite are in test_outbox_conformance.py.
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ import pytest
 from chatsdk._errors import ConfigurationError, OutboxError
 from chatsdk._outbox.outbox import Outbox
 from chatsdk._outbox.postgres import PostgresStore, redact, split_names
+from chatsdk._outbox.sql import TOKEN
 from chatsdk._outbox.store import parse_target
 from tests.helpers import wait_until
 from tests.postgres import free_port
@@ -210,4 +213,58 @@ def test_the_listener_retries_until_the_database_answers(postgres_url: str, pg_s
     assert woken == []
     store._url = real
     assert wait_until(lambda: woken == [1], 10)
+    store.close()
+
+
+def test_an_outcome_applied_again_under_its_claim_reports_it_and_changes_nothing(
+    postgres_url: str, pg_schema: str
+) -> None:
+    # What a rerun after a lost connection does: the ack's statement, sent again under the
+    # same claim, finds its outcome recorded (the token stays on the finished row).
+    store = PostgresStore(postgres_url, schema=pg_schema)
+    store.insert("message", "c", "k1", '{"text": "1"}', time.time())
+    store.insert("message", "c", "k2", '{"text": "2"}', time.time())
+    (row,), _ = store.claim(1, time.time())
+    first = store.ack(row[0], row[TOKEN], "c", '{"id": "m1"}', time.time(), "channel")
+    assert first[0] and first[1] is not None and first[1][0] == 2  # the channel's next
+    again = store.ack(row[0], row[TOKEN], "c", '{"id": "other"}', time.time(), "channel")
+    assert again == (True, None)  # recorded; claims nothing more
+    done = store.get(row[0])
+    assert done is not None and done[5:7] == ("sent", 1) and json.loads(done[13]) == {"id": "m1"}
+    # Another claim's token is fenced off, before and after the outcome.
+    assert store.ack(row[0], "not-ours", "c", "{}", time.time(), None) == (False, None)
+    store.close()
+
+
+def statement_names(store: PostgresStore, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names (``"CLAIM"``...) of the statements ``store`` executes from now on."""
+    names = {id(text): name for name, text in store._q.items()}
+    seen: list[str] = []
+    execute = psycopg.Cursor.execute
+
+    def recording(cur: psycopg.Cursor[Any], query: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append(names.get(id(query), str(query)))
+        return execute(cur, query, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.Cursor, "execute", recording)
+    return seen
+
+
+def test_a_claim_takes_one_statement_unless_a_head_is_to_expire(
+    postgres_url: str, pg_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = PostgresStore(postgres_url, schema=pg_schema, max_age=100.0)
+    now = time.time()
+    store.insert("message", "old", "k1", "{}", now - 200)  # old enough to expire
+    store.insert("message", "old", "k2", "{}", now)
+    store.insert("message", "new", "k3", "{}", now)
+    seen = statement_names(store, monkeypatch)
+    rows, due = store.claim(5, now)
+    assert seen == ["CLAIM", "EXPIRE", "NOTIFY", "CLAIM"]  # then, in one transaction
+    assert sorted(r[2] for r in rows) == ["new", "old"] and due is None  # k2 behind k1
+    assert store.get(1)[5] == "expired"  # type: ignore[index]
+    store.insert("message", "new", "k4", "{}", now)
+    seen.clear()
+    assert store.claim(5, now) == ([], None)  # new's head is in flight: nothing due
+    assert seen == ["CLAIM"]
     store.close()
