@@ -596,6 +596,25 @@ def test_expiry_marks_and_flags_possibly_delivered(outbox: Outbox, clock: FakeCl
     assert fresh.created_at == clock.now
 
 
+def test_a_claim_expires_through_heads_and_leaves_the_rest_to_the_sweep(
+    outbox: Outbox, clock: FakeClock
+) -> None:
+    # Expiring scans the pending entries, so a claim does it only when a head is too old;
+    # an older entry behind a fresh head (a retried entry keeps its place) waits for
+    # expire(), the drainer's periodic sweep.
+    first, behind = put(outbox, "a", "1"), put(outbox, "a", "2")
+    (claimed,), _ = outbox.claim(1)
+    outbox.fail(claimed, BadRequestError(400, None, "bad"))
+    clock.advance(1800)
+    outbox.retry(first.id)  # queued again, created now, still channel a's head
+    clock.advance(1800)  # behind is 3600 s old (max_age), first 1800 s
+    (head,), _ = outbox.claim(5)
+    assert head.id == first.id
+    assert outbox.get(behind.id).status == "queued"  # type: ignore[union-attr]
+    assert outbox.expire() == 1
+    assert outbox.get(behind.id).status == "expired"  # type: ignore[union-attr]
+
+
 def test_expire_spares_live_claims_and_prunes_old_sent(
     make_outbox: Callable[..., Outbox], clock: FakeClock
 ) -> None:

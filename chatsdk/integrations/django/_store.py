@@ -47,7 +47,7 @@ from django.db.models import Case, Count, F, Min, Q, QuerySet, Subquery, Value, 
 
 from chatsdk._errors import OutboxError
 from chatsdk._outbox.models import COLUMNS, describe_error, row_problem
-from chatsdk._outbox.sql import ATTEMPTS, LEASE_EXPIRES, NEXT_AT, OWNER, STATUS, TOKEN
+from chatsdk._outbox.sql import ATTEMPTS, CREATED, LEASE_EXPIRES, NEXT_AT, OWNER, STATUS, TOKEN
 from chatsdk._outbox.store import Follow, Row, Signals, expiry_error
 from chatsdk.integrations.django.models import PENDING, Entry
 
@@ -287,8 +287,13 @@ class DjangoStore:
 
     def claim(self, limit: int, now: float) -> tuple[list[Row], float | None]:
         def claim() -> tuple[list[Row], float | None]:
-            self._expire(now)
-            return self._take(limit, now)
+            # Expiring scans the pending rows: only when a head is too old (the drainer's
+            # periodic sweep expires the rest), as the other stores do.
+            heads = self._heads()
+            if any(row[CREATED] <= now - self.max_age for row in heads):
+                self._expire(now)
+                heads = self._heads()
+            return self._take(limit, now, heads)
 
         return self._run(claim)
 
@@ -298,12 +303,15 @@ class DjangoStore:
         query = self._all().filter(id__in=firsts.values("first"))
         return [tuple(r) for r in query.order_by("next_attempt_at", "id").values_list(*FIELDS)]
 
-    def _take(self, limit: int, now: float) -> tuple[list[Row], float | None]:
-        """:meth:`claim`'s work, inside its transaction (after expiry)."""
+    def _take(
+        self, limit: int, now: float, heads: list[Row] | None = None
+    ) -> tuple[list[Row], float | None]:
+        """:meth:`claim`'s work, inside its transaction (after expiry), over ``heads``
+        (read now when not given)."""
         held = self.held
         picks: list[Row] = []
         next_due: float | None = None
-        for row in self._heads():
+        for row in self._heads() if heads is None else heads:
             if row[STATUS] == "queued":
                 due = row[NEXT_AT]
             elif row[TOKEN] in held:
