@@ -412,7 +412,9 @@ class PostgresStore:
         """Claim up to ``limit`` due heads; see :meth:`chatsdk._outbox.store.Store.claim`.
 
         One statement (one round trip); only when a head is old enough to expire does a
-        transaction expire what is due to and claim again.
+        transaction expire what is due to and claim again. Rerun after a lost connection,
+        the claims an unseen first run made (if it committed) wait out their lease and are
+        then taken over, as a dead drainer's are.
         """
         rows, due, stale = self._run(lambda cur: self._take(cur, limit, now), single=True)
         if stale:
