@@ -12,6 +12,7 @@ import logging
 import pickle
 import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote
@@ -449,6 +450,18 @@ def _wire(kwargs: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _assert_refused_alike(field: str, **calls: Callable[[], object]) -> None:
+    """Each call raises ValidationError naming ``field``, in the same words whichever way
+    the bad value came in."""
+    texts = []
+    for name, call in calls.items():
+        with pytest.raises(chatsdk.ValidationError) as info:
+            call()
+        assert info.value.field == field, name
+        texts.append(str(info.value))
+    assert len(set(texts)) == 1, texts
+
+
 @pytest.mark.parametrize(("kwargs", "field"), BAD_MESSAGES)
 def test_row12_bad_messages_are_refused_alike_before_io(
     kwargs: dict[str, Any], field: str, tmp_path: Path
@@ -459,20 +472,12 @@ def test_row12_bad_messages_are_refused_alike_before_io(
     ):
         outbox = client.outbox
         assert outbox is not None
-        texts = []
-        for name, call in (
-            ("send_message", lambda: client.send_message(**{**_GOOD, **kwargs})),
-            ("queue_message", lambda: client.queue_message(**{**_GOOD, **kwargs})),
-            (
-                "Outbox.enqueue",
-                lambda: outbox.enqueue("message", "general", _wire(kwargs)),
-            ),
-        ):
-            with pytest.raises(chatsdk.ValidationError) as info:
-                call()
-            assert info.value.field == field, name
-            texts.append(str(info.value))
-        assert len(set(texts)) == 1, texts  # the same words whichever way it came in
+        _assert_refused_alike(
+            field,
+            send_message=lambda: client.send_message(**{**_GOOD, **kwargs}),
+            queue_message=lambda: client.queue_message(**{**_GOOD, **kwargs}),
+            enqueue=lambda: outbox.enqueue("message", "general", _wire(kwargs)),
+        )
         assert outbox.pending_count() == 0
         assert server.requests == []
 
@@ -514,23 +519,15 @@ def test_row12_bad_reactions_are_refused_alike_before_io(reaction: Any, tmp_path
     ):
         outbox = client.outbox
         assert outbox is not None
-        texts = []
-        for name, call in (
-            ("add_reaction", lambda: client.add_reaction("m1", reaction)),
-            ("queue_reaction", lambda: client.queue_reaction("m1", reaction)),
-            ("remove_reaction", lambda: client.remove_reaction("m1", reaction)),
-            (
-                "Outbox.enqueue",
-                lambda: outbox.enqueue(
-                    "reaction", "reaction/m1", {"messageId": "m1", "reaction": reaction}
-                ),
+        _assert_refused_alike(
+            "reaction",
+            add_reaction=lambda: client.add_reaction("m1", reaction),
+            queue_reaction=lambda: client.queue_reaction("m1", reaction),
+            remove_reaction=lambda: client.remove_reaction("m1", reaction),
+            enqueue=lambda: outbox.enqueue(
+                "reaction", "reaction/m1", {"messageId": "m1", "reaction": reaction}
             ),
-        ):
-            with pytest.raises(chatsdk.ValidationError) as info:
-                call()
-            assert info.value.field == "reaction", name
-            texts.append(str(info.value))
-        assert len(set(texts)) == 1, texts
+        )
         with pytest.raises(chatsdk.ValidationError) as info:
             client.add_reaction("m\ud800", "ok")
         assert info.value.field == "messageId"
