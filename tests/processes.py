@@ -4,6 +4,7 @@ a redis-server of the test's own."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -18,6 +19,8 @@ from pathlib import Path
 from tests.helpers import require, wait_until
 
 REDIS_URL_ENV = "CHATSDK_TEST_REDIS_URL"
+#: The test Django project's manage.py (its settings read ``$DJANGO_CHATSDK``, JSON).
+DJANGO_MANAGE = Path(__file__).parent / "integrations" / "django_project" / "manage.py"
 
 
 def require_module(name: str) -> None:
@@ -98,6 +101,20 @@ class Process:
 
 def python(*args: str) -> list[str]:
     return [sys.executable, *args]
+
+
+def manage_py(
+    env: dict[str, str], chatsdk: dict[str, object], *args: str
+) -> subprocess.CompletedProcess[str]:
+    """``manage.py *args`` of the test Django project, ``CHATSDK = chatsdk``, in ``env``."""
+    return subprocess.run(
+        python(str(DJANGO_MANAGE), *args),
+        env={**env, "DJANGO_CHATSDK": json.dumps(chatsdk)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def until(predicate: Callable[[], bool], timeout: float, what: str) -> None:

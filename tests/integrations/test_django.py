@@ -12,7 +12,7 @@ import pytest
 
 from chatsdk import ConfigurationError, Outbox
 from chatsdk.testing import set_testing
-from tests.processes import child_env, python, require, require_module
+from tests.processes import child_env, manage_py, require, require_module
 
 require_module("django")
 require_module("pytest_django")
@@ -23,7 +23,6 @@ from chatsdk.integrations.django import get_client, sent  # noqa: E402
 from chatsdk.integrations.django.checks import filesystem_type  # noqa: E402
 from chatsdk.integrations.django.conf import get_settings  # noqa: E402
 
-MANAGE = Path(__file__).parent / "django_project" / "manage.py"
 MEMORY = {"URL": "http://chatsdk.invalid", "API_KEY": "k", "TRANSPORT": "memory"}
 
 
@@ -89,17 +88,10 @@ def test_the_key_namespace_setting_applies_to_idempotency_key_for(settings) -> N
 def manage(
     tmp_path: Path, chatsdk: dict[str, object], *args: str
 ) -> subprocess.CompletedProcess[str]:
-    env = child_env(DJANGO_CHATSDK=json.dumps(chatsdk), DJANGO_TEST_DB=str(tmp_path / "db.sqlite3"))
+    env = child_env(DJANGO_TEST_DB=str(tmp_path / "db.sqlite3"))
     for name in ("CHATSDK_URL", "CHATSDK_API_KEY", "CHATSDK_OUTBOX"):
         env.pop(name, None)
-    return subprocess.run(
-        python(str(MANAGE), *args),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return manage_py(env, chatsdk, *args)
 
 
 @pytest.mark.parametrize(

@@ -24,14 +24,21 @@ import pytest
 import requests
 
 from chatsdk.testing import ReferenceServer
-from tests.processes import Process, child_env, free_port, python, require_module, until
+from tests.processes import (
+    DJANGO_MANAGE,
+    Process,
+    child_env,
+    free_port,
+    python,
+    require_module,
+    until,
+)
 
 pytestmark = [
     pytest.mark.skipif(not hasattr(os, "fork"), reason="gunicorn needs fork (POSIX)"),
     pytest.mark.slow,
 ]
 
-MANAGE = Path(__file__).parent / "django_project" / "manage.py"
 REQUESTS = 500
 
 
@@ -81,7 +88,9 @@ def test_gunicorn_preload_4_workers_500_orders_each_message_once(
             ),
             CHATSDK_CLIENT_IN_MASTER="1",
         )
-        subprocess.run(python(str(MANAGE), "migrate", "-v0"), env=env, check=True, timeout=120)
+        subprocess.run(
+            python(str(DJANGO_MANAGE), "migrate", "-v0"), env=env, check=True, timeout=120
+        )
         port = free_port()
         app = Process(
             python(

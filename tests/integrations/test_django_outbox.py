@@ -20,7 +20,15 @@ from typing import Any
 import pytest
 
 from tests.helpers import FakeClock, message_response
-from tests.processes import Process, child_env, python, require_module, until
+from tests.processes import (
+    DJANGO_MANAGE,
+    Process,
+    child_env,
+    manage_py,
+    python,
+    require_module,
+    until,
+)
 
 require_module("django")
 require_module("pytest_django")
@@ -32,7 +40,6 @@ from chatsdk._outbox.drainer import Drainer  # noqa: E402
 from chatsdk.integrations.django._store import DjangoStore  # noqa: E402
 from tests.django_db import migrated_alias  # noqa: E402
 
-MANAGE = Path(__file__).parent / "django_project" / "manage.py"
 CONFIGURED = {"URL": "http://chatsdk.invalid", "API_KEY": "k", "OUTBOX": "database"}
 
 
@@ -54,15 +61,7 @@ class Project:
         self.vendor, self.env, self.sqlite_path, self.pg = vendor, env, sqlite_path, pg
 
     def manage(self, chatsdk: dict[str, Any], *args: str) -> subprocess.CompletedProcess[str]:
-        env = {**self.env, "DJANGO_CHATSDK": json.dumps(chatsdk)}
-        return subprocess.run(
-            python(str(MANAGE), *args),
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        return manage_py(self.env, chatsdk, *args)
 
     def query(self, sql: str) -> list[tuple[Any, ...]]:
         if self.sqlite_path is not None:
@@ -399,7 +398,7 @@ def test_chatsdk_drain_worker_delivers_others_commits_and_stops_on_sigterm(
     migrated(project)
     config = {"URL": chatsdk_server.url, "API_KEY": "test-key", "OUTBOX": "database"}
     env = {**project.env, "DJANGO_CHATSDK": json.dumps(config)}
-    worker = Process(python(str(MANAGE), "chatsdk_drain"), cwd=Path.cwd(), env=env)
+    worker = Process(python(str(DJANGO_MANAGE), "chatsdk_drain"), cwd=Path.cwd(), env=env)
     try:
         for _ in range(3):  # writers that die right after their commit, before any delivery
             result = project.manage(config, "place_orders", "--commit", "1", "--die-after-commit")
