@@ -14,6 +14,7 @@ import psycopg
 import pytest
 
 from chatsdk._errors import ConfigurationError, OutboxError
+from chatsdk._outbox import postgres
 from chatsdk._outbox.outbox import Outbox
 from chatsdk._outbox.postgres import PostgresStore, redact, split_names
 from chatsdk._outbox.sql import TOKEN
@@ -184,10 +185,12 @@ def test_undecodable_rows_become_dead_letters(postgres_url: str, pg_schema: str)
 
 
 def test_a_forked_child_leaves_the_parents_connections_alone(
-    postgres_url: str, pg_schema: str
+    postgres_url: str, pg_schema: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """As the at-fork hook does in a child (run here in-process): the parent's sockets are
     pointed at /dev/null, never closed on the server's side, and new ones are opened."""
+    abandoned: list[psycopg.Connection[Any]] = []
+    monkeypatch.setattr(postgres, "_ABANDONED", abandoned)
     store = PostgresStore(postgres_url, schema=pg_schema)
     store.watch()
     assert wait_until(lambda: store._listen_conn is not None)
@@ -201,6 +204,9 @@ def test_a_forked_child_leaves_the_parents_connections_alone(
     store.watch()  # the child's own listener
     store._pid = -1
     store.close()  # closes nothing it did not open
+    assert inherited and all(any(c is a for a in abandoned) for c in inherited)
+    for conn in abandoned:  # a real child has its own copies; this process must close them
+        conn.close()
 
 
 def test_the_listener_retries_until_the_database_answers(postgres_url: str, pg_schema: str) -> None:
