@@ -340,6 +340,9 @@ class ChatClient:
 
         Raises:
             ValueError: ``timeout`` is NaN or negative (None or infinity: no limit).
+            OutboxUnavailableError: the outbox's database was still unreachable when
+                ``timeout`` passed (while it is down, the flush waits: a database restart
+                or failover is waited out, as the drainer waits it out).
         """
         timeout = check_seconds("timeout", timeout, none=True)
         if self._drainer is None or self._outbox is None:

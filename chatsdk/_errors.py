@@ -314,6 +314,15 @@ class OutboxError(ChatSDKError):
     """The offline outbox failed."""
 
 
+class OutboxUnavailableError(OutboxError):
+    """The outbox's database cannot be reached right now (a restart, a failover, a cut link).
+
+    Nothing was written by the call that raised it; the store reconnects with backoff, so
+    the same call may succeed later. :meth:`~chatsdk.ChatClient.flush` waits through it
+    until its timeout.
+    """
+
+
 class OutboxCorruptError(OutboxError):
     """The outbox file is a corrupt outbox; it was moved aside, never deleted.
 

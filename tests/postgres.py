@@ -95,16 +95,21 @@ class PostgresCluster:
             # Reachable from other namespaces: trust them too (a throwaway test server).
             with open(os.path.join(self.data, "pg_hba.conf"), "a") as hba:
                 hba.write("host all all 0.0.0.0/0 trust\n")
+        self.up()
+
+    def up(self) -> None:
+        """Start the server (again) on its port; the log goes to :attr:`log`, not a pipe."""
         options = (
             f"-p {self.port} -c listen_addresses='{self.listen}' -k {self.root}"
             " -c fsync=off -c full_page_writes=off -c max_connections=200"
         )
-        self._run(pg_ctl, "-D", self.data, "-l", self.log, "-o", options, "-w", "start")
+        self._run(self._pg_ctl, "-D", self.data, "-l", self.log, "-o", options, "-w", "start")
         self.started = True
 
-    def restart(self) -> None:
-        """Stop (fast: sessions are cut) and start again on the same port."""
-        self._run(self._pg_ctl, "-D", self.data, "-m", "fast", "-w", "restart")
+    def down(self) -> None:
+        """Stop the server the way a restart or a failover does (fast: sessions are cut)."""
+        self._run(self._pg_ctl, "-D", self.data, "-m", "fast", "-w", "stop")
+        self.started = False
 
     def stop(self) -> None:
         if self.started:

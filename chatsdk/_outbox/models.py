@@ -178,6 +178,8 @@ class OutboxEntry(Generic[R]):
             APIError: the permanent error that failed the entry (rebuilt from the file).
             OutboxEntryExpiredError: the entry reached ``max_age`` undelivered.
             OutboxError: the entry failed after ``max_attempts``, or was purged.
+            OutboxUnavailableError: the outbox's database was still unreachable when
+                ``timeout`` passed (while it is down, the wait goes on).
             WaitTimeoutError: ``timeout`` seconds passed first; delivery goes on.
             ValueError: ``timeout`` is NaN or negative (None or infinity: no limit).
         """

@@ -39,7 +39,7 @@ from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 from chatsdk import _fork, _instrument
-from chatsdk._errors import OutboxError, WaitTimeoutError
+from chatsdk._errors import OutboxError, OutboxUnavailableError, WaitTimeoutError
 from chatsdk._models import Message, Reaction
 from chatsdk._outbox.clock import MONOTONIC, StepWatch
 from chatsdk._outbox.models import (
@@ -66,6 +66,7 @@ STATUSES = ("queued", "sending", "sent", "failed", "expired")
 TERMINAL = ("sent", "failed", "expired")
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 _POLL = 1.0  # at most this long between looks for other processes' outcomes
+_UNAVAILABLE_POLL = 0.2  # between looks while the database is unreachable
 #: Entries whose stored times this process remembers (to move them after a clock step);
 #: beyond this many, the oldest are forgotten (they are judged by the wall clock alone).
 KNOWN_MAX = 10_000
@@ -426,7 +427,12 @@ class Outbox:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             seen = self._signals.generation  # before the read: a change after it ends the wait
-            entry = self.get(entry_id)
+            remaining = _POLL if deadline is None else deadline - time.monotonic()
+            try:
+                entry = self.get(entry_id)
+            except OutboxUnavailableError as exc:
+                self._wait_out(exc, seen, remaining)
+                continue
             if entry is None:
                 raise OutboxError(f"outbox entry {entry_id} is no longer in the outbox")
             if entry.status in TERMINAL:
@@ -452,6 +458,11 @@ class Outbox:
         ``own``, only the entries this process queued count (see :meth:`pending_count`).
         Never True when entries expired undelivered: see :meth:`drained`.
         ``timeout``: None or infinity for no limit; NaN or negative raise ``ValueError``.
+
+        Raises:
+            OutboxUnavailableError: the database was still unreachable when the wait ended
+                (while it is down, the wait goes on: a restart or a failover is waited out).
+            OutboxError: the outbox cannot be read (closed, say).
         """
         return bool(self.drained(timeout, give_up=give_up, own=own))
 
@@ -477,15 +488,35 @@ class Outbox:
             # Read before the query: a change after it ends the wait. Only changes that may
             # leave nothing pending wake this waiter, not every delivery of a busy drain.
             seen = self._signals.settled_generation
-            if not (self.pending_count(own=True) if own else self.has_pending()):
-                pending = 0
-                break
             remaining = _POLL if deadline is None else deadline - time.monotonic()
+            try:
+                if not (self.pending_count(own=True) if own else self.has_pending()):
+                    pending = 0
+                    break
+            except OutboxUnavailableError as exc:
+                self._wait_out(exc, seen, remaining, give_up, settled=True)
+                continue
             if remaining <= 0 or (give_up is not None and give_up()):
                 pending = self.pending_count(own=own)  # counted once, not at every wake-up
                 break
             self._signals.wait_changed(seen, min(_POLL, remaining), settled=True)
         return FlushResult(pending=pending, path=self.path, expired=self._newly_expired())
+
+    def _wait_out(
+        self,
+        exc: OutboxUnavailableError,
+        seen: int,
+        remaining: float,
+        give_up: Callable[[], bool] | None = None,
+        *,
+        settled: bool = False,
+    ) -> None:
+        """The database is down for now (a restart, a failover): the drainer waits it out,
+        and so does a wait, until its deadline, where the error is the truth (raised)."""
+        if remaining <= 0 or (give_up is not None and give_up()):
+            raise exc
+        log.debug("outbox %s: waiting for the database: %s", self.path, exc)
+        self._signals.wait_changed(seen, min(_UNAVAILABLE_POLL, remaining), settled=settled)
 
     def _expired(self) -> int:
         return self._store.counts()[0].get("expired", 0)

@@ -44,7 +44,7 @@ import psycopg
 from psycopg import conninfo
 
 from chatsdk import _fork
-from chatsdk._errors import OutboxError
+from chatsdk._errors import OutboxError, OutboxUnavailableError
 from chatsdk._outbox import pg_sql
 from chatsdk._outbox.models import describe_error, row_problem
 from chatsdk._outbox.sql import TOKEN
@@ -162,7 +162,7 @@ class PostgresStore:
     def _connect(self) -> psycopg.Connection[Any]:
         now = time.monotonic()
         if now < self._down_until:
-            raise OutboxError(
+            raise OutboxUnavailableError(
                 f"outbox {self.target}: database unreachable ({self._down_reason}); "
                 f"next attempt in {self._down_until - now:.2f}s"
             )
@@ -177,7 +177,9 @@ class PostgresStore:
             self._delay = min(MAX_BACKOFF, max(0.05, self._delay * 2))
             self._down_until = time.monotonic() + self._delay * (0.5 + random.random() / 2)
             self._down_reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "?"
-            raise OutboxError(f"outbox {self.target}: database unreachable: {exc}") from exc
+            raise OutboxUnavailableError(
+                f"outbox {self.target}: database unreachable: {exc}"
+            ) from exc
         self._delay = 0.0
         return conn
 
@@ -225,7 +227,9 @@ class PostgresStore:
                 if attempt == 1 and not fresh and not committing:
                     log.info("outbox %s: connection lost (%s); reconnecting", self.target, exc)
                     continue
-                raise OutboxError(f"outbox {self.target}: connection lost: {exc}") from exc
+                raise OutboxUnavailableError(
+                    f"outbox {self.target}: connection lost: {exc}"
+                ) from exc
             except BaseException:  # fn's own error: rolled back, the connection is fine
                 self._checkin(conn)
                 raise

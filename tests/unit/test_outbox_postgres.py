@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from chatsdk._errors import ConfigurationError, OutboxError
+from chatsdk._errors import ConfigurationError, OutboxError, OutboxUnavailableError
 from chatsdk._outbox import postgres
 from chatsdk._outbox.outbox import Outbox
 from chatsdk._outbox.postgres import PostgresStore, redact, split_names
@@ -108,9 +108,9 @@ def test_store_backs_off_while_down_and_reconnects(postgres_url: str, pg_schema:
     for conn in store._idle:
         conn.close()
     store._idle.clear()
-    with pytest.raises(OutboxError, match="unreachable"):
+    with pytest.raises(OutboxUnavailableError, match="unreachable"):
         store.get(1)
-    with pytest.raises(OutboxError, match="next attempt in"):  # backing off: not even tried
+    with pytest.raises(OutboxUnavailableError, match="next attempt in"):  # backing off
         store.get(1)
     store._url, store._down_until = split_names(postgres_url)[0], 0.0
     assert store.get(1) is None  # back
@@ -118,6 +118,59 @@ def test_store_backs_off_while_down_and_reconnects(postgres_url: str, pg_schema:
     store.close()
     with pytest.raises(OutboxError, match="closed"):
         store.get(1)
+
+
+def cut_off(box: Outbox) -> tuple[PostgresStore, str]:
+    """Point ``box``'s store at a port nothing listens on; returns it and its real URL."""
+    store = box._store
+    assert isinstance(store, PostgresStore)
+    url, store._url = store._url, f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
+    for conn in store._idle:
+        conn.close()
+    store._idle.clear()
+    return store, url
+
+
+def test_a_wait_goes_on_while_the_database_is_down(postgres_url: str, pg_schema: str) -> None:
+    with Outbox(postgres_url, schema=pg_schema) as box:
+        store, url = cut_off(box)
+        looks: list[int] = []
+
+        def back_up() -> bool:  # asked at each look that found the database down
+            looks.append(1)
+            if len(looks) == 2:
+                store._url, store._down_until = url, 0.0
+            return False
+
+        assert box.wait_idle(60, give_up=back_up)  # before: OutboxError at the first look
+        assert len(looks) == 2
+
+        store, url = cut_off(box)
+        wait_out = box._wait_out
+
+        def back_up_after(*args: Any, **kwargs: Any) -> None:
+            wait_out(*args, **kwargs)
+            store._url, store._down_until = url, 0.0
+
+        box._wait_out = back_up_after  # type: ignore[method-assign]
+        with pytest.raises(OutboxError, match="no longer in the outbox"):  # looked again
+            box.wait(12345, 60)
+
+
+def test_a_wait_ends_with_the_error_when_the_database_is_still_down(
+    postgres_url: str, pg_schema: str
+) -> None:
+    with Outbox(postgres_url, schema=pg_schema) as box:
+        box.enqueue("message", "c", {"text": "1"})
+        cut_off(box)
+        with pytest.raises(OutboxUnavailableError, match="unreachable"):
+            box.wait_idle(0)  # the deadline: the truth is that it cannot be known
+        with pytest.raises(OutboxUnavailableError, match="next attempt in"):
+            box.wait_idle(60, give_up=lambda: True)  # a drainer that stopped: no waiting
+        with pytest.raises(OutboxUnavailableError):
+            box.wait(1, 0)
+        with pytest.raises(OutboxUnavailableError):  # and an enqueue is refused at once
+            box.enqueue("message", "c", {"text": "2"})
 
 
 def terminate(url: str) -> None:
