@@ -75,8 +75,10 @@ def drain(
     With ``once``: deliver what is due now, wait for this process's deliveries in flight,
     then return 0 when nothing is pending, 75 when entries wait in backoff (or ``timeout``
     passed), 65 when entries failed for good during the run, 77 when the key was refused.
-    Without: run as a worker until SIGTERM/SIGINT (or ``stop`` is set), then close the
-    client (a flush bounded by its ``close_timeout``) and return as ``once`` does.
+    Without: run as a worker until SIGTERM/SIGINT (or ``stop`` is set); then the deliveries
+    in flight finish (for at most the client's ``close_timeout``), the claimed entries not
+    started are given back for any drainer, and it returns as ``once`` does: the report and
+    the status are made after the deliveries in flight are recorded.
     A ``timeout`` that is NaN or negative is a usage error (2), before anything is opened.
     """
     try:
@@ -109,6 +111,8 @@ def drain(
                 client.flush(0)
         finally:
             restore()
+        if not client.stop_draining(client.close_timeout):
+            err(f"deliveries still in flight after {client.close_timeout:g}s; their leases run out")
     after = outbox.stats()
     code = _report(before, after, client, out, err)
     if not once:

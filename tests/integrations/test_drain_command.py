@@ -1,0 +1,99 @@
+"""The drain command Django's ``chatsdk_drain`` and Flask's ``chatsdk drain`` share.
+
+As a worker, a stop (SIGTERM/SIGINT) lets the deliveries in flight finish before the report
+and the exit status are made: a delivery that was on the wire when the stop came is counted
+as sent, not as pending (seen before: ``sent 2, failed 0, pending 1`` and exit 75 from a
+``chatsdk_drain`` worker SIGTERMed while its third delivery was on the wire, although the
+server had it and the worker recorded it while closing).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chatsdk import ChatClient, RetryPolicy
+from chatsdk._outbox.outbox import Outbox
+from chatsdk.integrations import _commands
+from chatsdk.testing import FaultPlan, ReferenceServer
+from tests.helpers import wait_until
+
+KEY = "test-key"
+
+
+@pytest.fixture
+def slow_server() -> Iterator[ReferenceServer]:
+    # Every request takes 1 s: a delivery is on the wire for that long.
+    with ReferenceServer(
+        api_keys=(KEY,), faults=FaultPlan(delay=1.0, delay_range=(1.0, 1.0))
+    ) as srv:
+        yield srv
+
+
+def _run_worker(
+    path: str, client: Callable[[], ChatClient], stop: threading.Event
+) -> tuple[threading.Thread, list[int], list[str], list[str]]:
+    codes: list[int] = []
+    out: list[str] = []
+    err: list[str] = []
+
+    def run() -> None:
+        opened = lambda: Outbox(path)  # noqa: E731
+        codes.append(
+            _commands.drain(client, opened, once=False, out=out.append, err=err.append, stop=stop)
+        )
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    return worker, codes, out, err
+
+
+def _stop_while_on_the_wire(path: str, entry_id: int, stop: threading.Event, worker: Any) -> str:
+    with Outbox(path) as watch:
+        assert wait_until(lambda: watch.get(entry_id).status == "sending", 30)  # on the wire
+        stop.set()  # the SIGTERM handler's part
+        worker.join(60)
+        assert not worker.is_alive()
+        return watch.get(entry_id).status
+
+
+def test_a_stopped_worker_reports_after_its_deliveries_in_flight_finish(
+    tmp_path: Path, slow_server: ReferenceServer
+) -> None:
+    path = str(tmp_path / "outbox.db")
+    with Outbox(path) as outbox:
+        entry = outbox.enqueue("message", "c1", {"channelId": "c1", "text": "in flight"})
+    stop = threading.Event()
+
+    def client() -> ChatClient:
+        return ChatClient(slow_server.url, KEY, outbox=path, retry=RetryPolicy(max_attempts=1))
+
+    worker, codes, out, err = _run_worker(path, client, stop)
+    assert _stop_while_on_the_wire(path, entry.id, stop, worker) == "sent"
+    assert out == ["sent 1, failed 0, pending 0"], err  # before: pending 1
+    assert codes == [0]
+    assert [m["text"] for m in slow_server.all_messages()] == ["in flight"]
+
+
+def test_a_delivery_longer_than_close_timeout_is_left_to_its_lease(
+    tmp_path: Path, slow_server: ReferenceServer
+) -> None:
+    path = str(tmp_path / "outbox.db")
+    with Outbox(path) as outbox:
+        entry = outbox.enqueue("message", "c1", {"channelId": "c1", "text": "in flight"})
+    stop = threading.Event()
+
+    def client() -> ChatClient:
+        return ChatClient(
+            slow_server.url, KEY, outbox=path, close_timeout=0.1, retry=RetryPolicy(max_attempts=1)
+        )
+
+    worker, codes, out, err = _run_worker(path, client, stop)
+    _stop_while_on_the_wire(path, entry.id, stop, worker)
+    assert "deliveries still in flight after 0.1s" in err[0]
+    assert out == ["sent 0, failed 0, pending 1"]
+    assert codes == [75]  # pending: told, not reported as done
