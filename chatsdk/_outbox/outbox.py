@@ -519,7 +519,7 @@ class Outbox:
         self._signals.wait_changed(seen, min(_UNAVAILABLE_POLL, remaining), settled=settled)
 
     def _expired(self) -> int:
-        return self._store.counts()[0].get("expired", 0)
+        return self._store.expired_count()
 
     def _newly_expired(self) -> int:
         """Entries expired since the previous call (or since the outbox was opened)."""

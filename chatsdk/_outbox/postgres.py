@@ -394,6 +394,10 @@ class PostgresStore:
         row = self._run(lambda c: c.execute(self._q["HAS_PENDING"]).fetchone())
         return bool(row and row[0])
 
+    def expired_count(self) -> int:
+        row = self._run(lambda c: c.execute(self._q["COUNT_EXPIRED"]).fetchone())
+        return int(row[0]) if row else 0
+
     def pending_count(self, origin: str | None = None, *, own: bool = False) -> int:
         if not own:
             row = self._run(lambda c: c.execute(self._q["COUNT_PENDING"]).fetchone())

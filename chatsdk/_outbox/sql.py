@@ -17,6 +17,7 @@ __all__ = [
     "CLAIM",
     "COUNT_ORIGIN",
     "COUNT_PENDING",
+    "COUNT_EXPIRED",
     "CREATED",
     "EXPEDITE",
     "EXPIRE",
@@ -64,6 +65,7 @@ SELECT = f"SELECT {COLUMNS} FROM entries"  # noqa: S608
 BY_ID = f"{SELECT} WHERE id = ?"
 BY_KEY = f"{SELECT} WHERE idempotency_key = ?"
 COUNT_PENDING = f"SELECT count(*) FROM entries WHERE {PENDING}"  # noqa: S608
+COUNT_EXPIRED = "SELECT count(*) FROM entries WHERE status = 'expired'"  # on entries_finished
 HAS_PENDING = f"SELECT EXISTS (SELECT 1 FROM entries WHERE {PENDING})"  # noqa: S608
 # Entries a process queued (its origin) that are still pending: what its close() waits for.
 COUNT_ORIGIN = f"SELECT count(*) FROM entries WHERE {PENDING} AND origin IS ?"  # noqa: S608

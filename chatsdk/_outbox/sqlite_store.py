@@ -161,6 +161,9 @@ class SQLiteStore:
     def has_pending(self) -> bool:
         return bool(self._run(lambda c: c.execute(sql.HAS_PENDING).fetchone()[0], write=False))
 
+    def expired_count(self) -> int:
+        return int(self._run(lambda c: c.execute(sql.COUNT_EXPIRED).fetchone()[0], write=False))
+
     def pending_count(self, origin: str | None = None, *, own: bool = False) -> int:
         query, args = (sql.COUNT_ORIGIN, (origin,)) if own else (sql.COUNT_PENDING, ())
         return int(self._run(lambda c: c.execute(query, args).fetchone()[0], write=False))

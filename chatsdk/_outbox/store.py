@@ -193,6 +193,9 @@ class Store(Protocol):
 
     def has_pending(self) -> bool: ...
 
+    def expired_count(self) -> int:
+        """Entries ``expired``: on an index, so a flush's look costs nothing per sent row."""
+
     def pending_count(self, origin: str | None = None, *, own: bool = False) -> int:
         """Entries ``queued``/``sending``; with ``own``, only those ``origin`` queued."""
 

@@ -581,7 +581,9 @@ def test_expiry_marks_and_flags_possibly_delivered(outbox: Outbox, clock: FakeCl
     (claimed,), _ = outbox.claim(1)
     outbox.reschedule(claimed, ConnectError("x"), 0.0)
     clock.advance(3600)
+    assert outbox._store.expired_count() == 0
     assert outbox.claim(5) == ([], None)  # both heads too old: expired, not sent
+    assert outbox._store.expired_count() == 2 == outbox.stats().expired
     states = {e.id: (e.status, e.possibly_delivered) for e in outbox.entries()}
     assert states == {tried.id: ("expired", True), untried.id: ("expired", False)}
     with pytest.raises(OutboxEntryExpiredError, match="possibly delivered"):

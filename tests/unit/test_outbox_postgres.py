@@ -86,6 +86,33 @@ def test_migration_is_idempotent_and_refuses_a_newer_schema(
         Outbox(postgres_url, schema=pg_schema)
 
 
+def test_a_version_1_table_is_migrated_and_expired_entries_are_counted_on_an_index(
+    postgres_url: str, pg_schema: str
+) -> None:
+    meta, steps = postgres.pg_sql.migrations(pg_schema, "outbox")
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        for statement in [*meta, *steps[0]]:  # a table as chatsdk with schema 1 left it
+            conn.execute(statement)
+        conn.execute(
+            f'INSERT INTO "{pg_schema}".chatsdk_schema_versions VALUES (%s, 1)',
+            (f"{pg_schema}.outbox",),
+        )
+        conn.execute(
+            f'INSERT INTO "{pg_schema}".outbox (kind, channel, idempotency_key, body, status,'
+            " created_at, next_attempt_at) VALUES ('message', 'c', 'k', '{}', 'expired', 0, 0)"
+        )
+    with Outbox(postgres_url, schema=pg_schema) as box:  # migrated to 2; the row kept
+        assert box._store.expired_count() == 1 and box.stats().expired == 1
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            conn.execute("SET enable_seqscan = off")  # a tiny table: ask whether it can
+            plan = conn.execute("EXPLAIN " + box._store._q["COUNT_EXPIRED"]).fetchall()
+            version = conn.execute(
+                f'SELECT version FROM "{pg_schema}".chatsdk_schema_versions'
+            ).fetchone()
+    assert "outbox_expired" in " ".join(row[0] for row in plan)
+    assert version == (postgres.pg_sql.SCHEMA_VERSION,) == (2,)
+
+
 def test_an_error_on_the_callers_connection_is_an_outbox_error(
     postgres_url: str, pg_schema: str
 ) -> None:

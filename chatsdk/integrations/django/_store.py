@@ -265,6 +265,9 @@ class DjangoStore:
     def has_pending(self) -> bool:
         return bool(self._run(self._pending().exists, atomic=False))
 
+    def expired_count(self) -> int:
+        return int(self._run(self._all().filter(status="expired").count, atomic=False))
+
     def pending_count(self, origin: str | None = None, *, own: bool = False) -> int:
         query = self._pending().filter(origin=origin) if own else self._pending()
         return int(self._run(query.count, atomic=False))

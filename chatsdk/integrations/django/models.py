@@ -58,6 +58,12 @@ class Entry(models.Model):
                 condition=models.Q(status__in=("sent", "failed", "expired")),
                 name="chatsdk_outbox_finished",
             ),
+            # Expired entries, counted at the end of every flush.
+            models.Index(
+                fields=["id"],
+                condition=models.Q(status="expired"),
+                name="chatsdk_outbox_expired",
+            ),
         ]
 
     def __str__(self) -> str:
