@@ -95,6 +95,12 @@ async def _scenario(srv: ReferenceServer) -> _Events:
         ]
     finally:
         await client.disconnect()
+        # disconnect() closes the websocket in a task it does not await; asyncio.run would
+        # cancel it and leave the socket to the garbage collector, which then reports it
+        # as unclosed inside whichever test runs next (seen in CI). Let the close finish.
+        pending = set(client._background_tasks)
+        if pending:
+            await asyncio.wait(pending, timeout=TIMEOUT)
     return events
 
 
