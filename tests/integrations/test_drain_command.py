@@ -61,19 +61,30 @@ def _stop_while_on_the_wire(path: str, entry_id: int, stop: threading.Event, wor
         return watch.get(entry_id).status
 
 
-def test_a_stopped_worker_reports_after_its_deliveries_in_flight_finish(
-    tmp_path: Path, slow_server: ReferenceServer
-) -> None:
+def _stop_a_worker_mid_delivery(
+    tmp_path: Path, srv: ReferenceServer, **options: Any
+) -> tuple[str, list[int], list[str], list[str]]:
+    """One entry queued, a worker started, stopped while that entry is on the wire.
+
+    Returns the entry's status after the worker ended, its exit status, output and errors.
+    """
     path = str(tmp_path / "outbox.db")
     with Outbox(path) as outbox:
         entry = outbox.enqueue("message", "c1", {"channelId": "c1", "text": "in flight"})
     stop = threading.Event()
 
     def client() -> ChatClient:
-        return ChatClient(slow_server.url, KEY, outbox=path, retry=RetryPolicy(max_attempts=1))
+        return ChatClient(srv.url, KEY, outbox=path, retry=RetryPolicy(max_attempts=1), **options)
 
     worker, codes, out, err = _run_worker(path, client, stop)
-    assert _stop_while_on_the_wire(path, entry.id, stop, worker) == "sent"
+    return _stop_while_on_the_wire(path, entry.id, stop, worker), codes, out, err
+
+
+def test_a_stopped_worker_reports_after_its_deliveries_in_flight_finish(
+    tmp_path: Path, slow_server: ReferenceServer
+) -> None:
+    status, codes, out, err = _stop_a_worker_mid_delivery(tmp_path, slow_server)
+    assert status == "sent"
     assert out == ["sent 1, failed 0, pending 0"], err  # before: pending 1
     assert codes == [0]
     assert [m["text"] for m in slow_server.all_messages()] == ["in flight"]
@@ -82,18 +93,7 @@ def test_a_stopped_worker_reports_after_its_deliveries_in_flight_finish(
 def test_a_delivery_longer_than_close_timeout_is_left_to_its_lease(
     tmp_path: Path, slow_server: ReferenceServer
 ) -> None:
-    path = str(tmp_path / "outbox.db")
-    with Outbox(path) as outbox:
-        entry = outbox.enqueue("message", "c1", {"channelId": "c1", "text": "in flight"})
-    stop = threading.Event()
-
-    def client() -> ChatClient:
-        return ChatClient(
-            slow_server.url, KEY, outbox=path, close_timeout=0.1, retry=RetryPolicy(max_attempts=1)
-        )
-
-    worker, codes, out, err = _run_worker(path, client, stop)
-    _stop_while_on_the_wire(path, entry.id, stop, worker)
+    _, codes, out, err = _stop_a_worker_mid_delivery(tmp_path, slow_server, close_timeout=0.1)
     assert "deliveries still in flight after 0.1s" in err[0]
     assert out == ["sent 0, failed 0, pending 1"]
     assert codes == [75]  # pending: told, not reported as done
