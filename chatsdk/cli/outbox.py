@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import threading
 import time
 from typing import Any
 
@@ -46,6 +44,7 @@ from chatsdk.cli._exits import (
 )
 from chatsdk.cli._output import echo, echo_json
 from chatsdk.cli._progress import progress_bar
+from chatsdk.cli._worker import drain_until_stopped
 
 __all__ = ["PATH_ENV", "add_parser", "run"]
 
@@ -209,26 +208,19 @@ def _purge(outbox: Outbox, args: argparse.Namespace) -> int:
 
 def _drain_forever(args: argparse.Namespace, config: Any) -> int:
     """Drain until SIGTERM/SIGINT: in-flight deliveries finish, claimed ones are released."""
-    stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in _STOP_SIGNALS}
     client = make_client(config, outbox=True, lease_seconds=args.lease)
     try:
         echo(f"draining {client.outbox.path if client.outbox else args.path} until SIGTERM")
-        while not stop.wait(3600.0):
-            pass
-        finished = client.stop_draining(args.grace)
+        finished = drain_until_stopped(client, args.grace)
     finally:
         client.close()
         if client.outbox is not None:  # ours (see make_client); idempotent
             client.outbox.close()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
     if not finished:
         echo(f"deliveries still in flight after {args.grace:g}s; their leases run out", err=True)
     return 0
 
 
-_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _ACTIONS = {"status": _status, "list": _list, "retry": _retry, "purge": _purge}
 
 

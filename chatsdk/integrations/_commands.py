@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,10 +17,11 @@ from contextlib import contextmanager
 from typing import Any
 
 from chatsdk._client import ChatClient
-from chatsdk._errors import OutboxError
+from chatsdk._errors import OutboxError, OutboxUnavailableError
 from chatsdk._outbox.outbox import STATUSES, Outbox, OutboxStats
 from chatsdk._validation import check_seconds
 from chatsdk.cli._exits import CONFIG, DATAERR, NOPERM, OK, TEMPFAIL, USAGE
+from chatsdk.cli._worker import drain_until_stopped
 
 __all__ = ["drain", "entries", "purge", "retry", "status"]
 
@@ -31,7 +31,6 @@ Write = Callable[[str], None]
 #: Opens the settings' outbox (no drainer), or None when no outbox is configured.
 OpenOutbox = Callable[[], "Outbox | None"]
 _SLICE = 0.1  # seconds between two looks at the outbox while draining --once
-_WORKER_TICK = 1.0  # seconds between two looks at the stop flag while draining as a worker
 
 
 def _outbox_of(client: ChatClient, err: Write) -> Outbox | None:
@@ -78,7 +77,9 @@ def drain(
     Without: run as a worker until SIGTERM/SIGINT (or ``stop`` is set); then the deliveries
     in flight finish (for at most the client's ``close_timeout``), the claimed entries not
     started are given back for any drainer, and it returns as ``once`` does: the report and
-    the status are made after the deliveries in flight are recorded.
+    the status are made after the deliveries in flight are recorded. A database outage
+    while the worker runs is waited out (the drainer reconnects); 75 when the outbox's
+    database cannot be reached at the start, during ``once``, or for the report.
     A ``timeout`` that is NaN or negative is a usage error (2), before anything is opened.
     """
     try:
@@ -86,6 +87,25 @@ def drain(
     except (TypeError, ValueError) as exc:
         err(str(exc))
         return USAGE
+    try:
+        return _drain(
+            get_client, open_outbox, once=once, timeout=timeout, out=out, err=err, stop=stop
+        )
+    except OutboxUnavailableError as exc:  # at the start, or at the report: nothing is lost
+        err(f"the outbox's database cannot be reached ({exc}); its entries stay queued")
+        return TEMPFAIL
+
+
+def _drain(
+    get_client: Callable[[], ChatClient],
+    open_outbox: OpenOutbox,
+    *,
+    once: bool,
+    timeout: float | None,
+    out: Write,
+    err: Write,
+    stop: threading.Event | None,
+) -> int:
     with _opened(open_outbox, err) as snapshot:  # before the client's drainer starts sending
         if snapshot is None:
             return CONFIG
@@ -102,37 +122,14 @@ def drain(
                 break
             if deadline is not None and time.monotonic() >= deadline:
                 break
-    else:
-        stopping = stop or threading.Event()
-        restore = _install_stop_handlers(stopping)
-        try:
-            log.info("chatsdk drain: delivering %s until SIGTERM", outbox.path)
-            while not stopping.wait(_WORKER_TICK):
-                client.flush(0)
-        finally:
-            restore()
-        if not client.stop_draining(client.close_timeout):
+        return _report(before, outbox.stats(), client, out, err)
+    try:
+        log.info("chatsdk drain: delivering %s until SIGTERM", outbox.path)
+        if not drain_until_stopped(client, client.close_timeout, stop=stop):
             err(f"deliveries still in flight after {client.close_timeout:g}s; their leases run out")
-    after = outbox.stats()
-    code = _report(before, after, client, out, err)
-    if not once:
+        return _report(before, outbox.stats(), client, out, err)
+    finally:
         client.close()
-    return code
-
-
-def _install_stop_handlers(stopping: threading.Event) -> Callable[[], None]:
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-    previous = {
-        sig: signal.signal(sig, lambda _s, _f: stopping.set())
-        for sig in (signal.SIGTERM, signal.SIGINT)
-    }
-
-    def restore() -> None:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-    return restore
 
 
 def _report(

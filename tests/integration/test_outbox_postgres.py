@@ -24,6 +24,7 @@ import pytest
 
 from chatsdk import ChatClient, OutboxUnavailableError
 from chatsdk._outbox.outbox import Outbox
+from chatsdk.integrations import _commands
 from chatsdk.testing import FaultPlan, ReferenceServer
 from tests import postgres
 from tests.helpers import require, wait_until
@@ -205,3 +206,48 @@ def test_server_restarts_mid_drain_lose_nothing_and_send_nothing_twice(
         for c in range(channels):  # each exactly once, in order
             texts = [m["text"] for m in server.messages(f"ch{c}")]
             assert texts == [f"{c}-{i}" for i in range(per_channel)]
+
+
+def test_the_framework_drain_worker_rides_out_a_database_restart(
+    own_pg: postgres.PostgresCluster,
+) -> None:
+    # Django's chatsdk_drain and Flask's chatsdk drain, as a worker, against a fleet's
+    # PostgreSQL outbox. Seen before: the worker's loop read the outbox every second and
+    # died with OutboxUnavailableError at the first look while the server was restarting.
+    with ReferenceServer(api_keys=(KEY,)) as server:
+        with Outbox(own_pg.url()) as outbox:
+            for i in range(10):
+                outbox.enqueue("message", "c1", {"channelId": "c1", "text": f"before {i}"})
+        stop = threading.Event()
+        codes: list[int] = []
+        out: list[str] = []
+        err: list[str] = []
+
+        def run() -> None:
+            codes.append(
+                _commands.drain(
+                    lambda: ChatClient(server.url, KEY, outbox=own_pg.url()),
+                    lambda: Outbox(own_pg.url()),
+                    once=False,
+                    out=out.append,
+                    err=err.append,
+                    stop=stop,
+                )
+            )
+
+        worker = threading.Thread(target=run)
+        worker.start()
+        assert wait_until(lambda: len(server.all_messages()) == 10, 60)
+        own_pg.down()
+        time.sleep(3.0)  # a few of the worker's ticks while the server is down
+        own_pg.up()
+        with Outbox(own_pg.url()) as outbox:  # queued after the restart: the worker sends it
+            outbox.enqueue("message", "c1", {"channelId": "c1", "text": "after"})
+        assert wait_until(lambda: len(server.all_messages()) == 11, 60), (codes, err)
+        stop.set()
+        worker.join(60)
+        assert not worker.is_alive()
+        assert codes == [0], err
+        assert out == ["sent 11, failed 0, pending 0"]
+        texts = [m["text"] for m in server.messages("c1")]
+        assert texts == [f"before {i}" for i in range(10)] + ["after"]

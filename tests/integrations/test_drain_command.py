@@ -4,11 +4,15 @@ As a worker, a stop (SIGTERM/SIGINT) lets the deliveries in flight finish before
 and the exit status are made: a delivery that was on the wire when the stop came is counted
 as sent, not as pending (seen before: ``sent 2, failed 0, pending 1`` and exit 75 from a
 ``chatsdk_drain`` worker SIGTERMed while its third delivery was on the wire, although the
-server had it and the worker recorded it while closing).
+server had it and the worker recorded it while closing). The worker's loop is the one
+``chatsdk outbox drain --forever`` runs (:func:`chatsdk.cli._worker.drain_until_stopped`);
+an outbox database that cannot be reached is told with exit 75, not a traceback.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,8 +22,9 @@ import pytest
 
 from chatsdk import ChatClient, RetryPolicy
 from chatsdk._outbox.outbox import Outbox
+from chatsdk.cli._worker import drain_until_stopped
 from chatsdk.integrations import _commands
-from chatsdk.testing import FaultPlan, ReferenceServer
+from chatsdk.testing import FaultPlan, ReferenceServer, set_testing
 from tests.helpers import wait_until
 
 KEY = "test-key"
@@ -97,3 +102,55 @@ def test_a_delivery_longer_than_close_timeout_is_left_to_its_lease(
     assert "deliveries still in flight after 0.1s" in err[0]
     assert out == ["sent 0, failed 0, pending 1"]
     assert codes == [75]  # pending: told, not reported as done
+
+
+def test_a_worker_in_test_mode_delivers_inline_each_tick(tmp_path: Path) -> None:
+    # Test mode starts no drainer thread: the worker's ticks deliver what is due.
+    path = str(tmp_path / "outbox.db")
+    stop = threading.Event()
+    with ReferenceServer(api_keys=(KEY,)) as srv, set_testing(True):
+        worker, codes, out, err = _run_worker(
+            path, lambda: ChatClient(srv.url, KEY, outbox=path), stop
+        )
+        with Outbox(path) as outbox:
+            outbox.enqueue("message", "c1", {"channelId": "c1", "text": "queued while running"})
+        assert wait_until(lambda: len(srv.all_messages()) == 1, 30)
+        stop.set()
+        worker.join(60)
+    assert codes == [0], err
+    assert out == ["sent 1, failed 0, pending 0"]
+
+
+@pytest.mark.parametrize("once", [True, False])
+def test_an_unreachable_outbox_database_is_told_with_exit_75(once: bool) -> None:
+    err: list[str] = []
+    url = "postgresql://chatsdk@127.0.0.1:1/nowhere"  # nothing listens on port 1
+    code = _commands.drain(
+        lambda: pytest.fail("no client without an outbox to read"),
+        lambda: Outbox(url),
+        once=once,
+        out=pytest.fail,
+        err=err.append,
+    )
+    assert code == 75
+    assert "cannot be reached" in err[0] and "stay queued" in err[0]
+
+
+def test_sigterm_stops_a_worker_on_the_main_thread_and_restores_the_handler(
+    tmp_path: Path,
+) -> None:
+    path = str(tmp_path / "outbox.db")
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def terminate_once_handled() -> None:  # never before the worker's handler is in place
+        assert wait_until(lambda: signal.getsignal(signal.SIGTERM) is not previous, 30)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    with ReferenceServer(api_keys=(KEY,)) as srv:
+        with ChatClient(srv.url, KEY, outbox=path) as chat:
+            killer = threading.Thread(target=terminate_once_handled)
+            killer.start()
+            assert drain_until_stopped(chat, 5.0)  # returned: the signal stopped it
+            killer.join()
+            assert chat._drainer is not None and chat._drainer.status == "stopped"
+    assert signal.getsignal(signal.SIGTERM) is previous
