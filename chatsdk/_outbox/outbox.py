@@ -100,10 +100,12 @@ class Outbox:
             wall clock from time passing (default ``CLOCK_BOOTTIME`` on Linux, otherwise
             ``time.monotonic``; when only ``clock`` is injected, ``clock`` itself: a fake
             clock's moves are time passing).
-        schema, table: PostgreSQL only: where the entries live (default ``chatsdk.outbox``).
+        schema, table: PostgreSQL only: where the entries live (default ``chatsdk.outbox``);
+            each 1 to 40 bytes in UTF-8.
 
     Raises:
-        ConfigurationError: ``target`` is a URL of another scheme than sqlite/postgresql.
+        ConfigurationError: ``target`` is a URL of another scheme than sqlite/postgresql,
+            or a schema/table name is empty or too long.
         OutboxCorruptError: the file is corrupt or not an outbox; it was moved aside.
         OutboxError: written by a newer chatsdk, or cannot be opened / reached.
     """

@@ -44,7 +44,7 @@ import psycopg
 from psycopg import conninfo
 
 from chatsdk import _fork
-from chatsdk._errors import OutboxError, OutboxUnavailableError
+from chatsdk._errors import ConfigurationError, OutboxError, OutboxUnavailableError
 from chatsdk._outbox import pg_sql
 from chatsdk._outbox.models import describe_error, row_problem
 from chatsdk._outbox.sql import TOKEN
@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SAFETY_POLL = 15.0  # seconds between looks when no NOTIFY arrives
+MAX_NAME_BYTES = 40  # a schema's or a table's name, in UTF-8
 MAX_BACKOFF = 2.0  # the longest pause between two connection attempts
 APPLICATION = "chatsdk-outbox"
 _ABANDONED: list[psycopg.Connection[Any]] = []  # a forked child's inherited connections
@@ -88,7 +89,8 @@ class PostgresStore:
     Args:
         url: a libpq URL (``postgresql://user:password@host:port/dbname?sslmode=...``).
         schema, table: where the entries live (created if missing); also accepted as the
-            URL's ``?schema=...&table=...``; default ``chatsdk.outbox``.
+            URL's ``?schema=...&table=...``; default ``chatsdk.outbox``; each 1 to 40
+            bytes in UTF-8 (PostgreSQL cuts names at 63 bytes; the indexes' add to it).
         lease_seconds, max_age, sent_retention: as :class:`~chatsdk.Outbox` has them.
         connect_timeout: seconds one connection attempt may take.
         pool_size: idle connections kept for reuse.
@@ -113,8 +115,11 @@ class PostgresStore:
         schema = schema or named.get("schema") or "chatsdk"
         table = table or named.get("table") or "outbox"
         for name, value in (("schema", schema), ("table", table)):
-            if not value or len(value) > 40 or "\x00" in value:
-                raise ValueError(f"{name} must be 1 to 40 characters, got {value!r}")
+            # PostgreSQL cuts names at 63 bytes; the indexes' names add up to 9 to the table's.
+            if not value or len(value.encode()) > MAX_NAME_BYTES or "\x00" in value:
+                raise ConfigurationError(
+                    f"{name} must be 1 to {MAX_NAME_BYTES} bytes in UTF-8, got {value!r}"
+                )
         self.target = redact(url)
         self.host = socket.gethostname().replace(":", "_")
         self.schema, self.table = schema, table
@@ -122,7 +127,10 @@ class PostgresStore:
         self.sent_retention = sent_retention
         self._url, self._timeout, self._pool_size = url, connect_timeout, pool_size
         self._q = pg_sql.statements(schema, table)
-        self.channel = f"chatsdk_outbox {schema}.{table}"[:63]
+        # A NOTIFY channel is at most 63 bytes: two outboxes whose names share that prefix
+        # share a channel (each only wakes the other's drainers once in a while).
+        channel = f"chatsdk_outbox {schema}.{table}".encode()[:63]
+        self.channel = channel.decode(errors="ignore")  # never half a character
         self._callbacks: list[Callable[[], None]] = []
         self._closed = False
         self._reset_process_state()

@@ -66,6 +66,28 @@ def test_connection_needs_postgresql_and_psycopg(tmp_path: Path, postgres_url: s
         box.enqueue("message", "c", {"text": "x"}, connection=object())
 
 
+def test_names_are_measured_in_bytes_as_postgresql_measures_them(
+    postgres_url: str, pg_schema: str
+) -> None:
+    # Seen before: a 40-character table name in "ü" (80 bytes) was accepted, then every
+    # enqueue failed ("channel name too long") and its three index names, each cut at 63
+    # bytes by PostgreSQL, were one name: two of the indexes were never made.
+    with pytest.raises(ValueError, match="40 bytes"):
+        Outbox(postgres_url, schema=pg_schema, table="ü" * 21)  # 42 bytes
+    table = "ü" * 20  # 40 bytes: the longest name
+    with Outbox(postgres_url, schema=pg_schema, table=table) as box:
+        assert len(box._store.channel.encode()) <= 63
+        entry = box.enqueue("message", "c", {"channelId": "c", "text": "x"})
+        claimed, _ = box.claim(1)
+        assert [e.id for e in claimed] == [entry.id]
+    with psycopg.connect(postgres_url) as conn:
+        indexes = conn.execute(
+            "SELECT indexname FROM pg_indexes WHERE schemaname = %s AND tablename = %s",
+            (pg_schema, table),
+        ).fetchall()
+    assert {f"{table}_pending", f"{table}_finished", f"{table}_expired"} <= {i for (i,) in indexes}
+
+
 def test_bad_names_and_non_psycopg_connection(postgres_url: str, pg_schema: str) -> None:
     with pytest.raises(ValueError, match="table"):
         Outbox(postgres_url, schema=pg_schema, table="x" * 41)
