@@ -38,7 +38,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode
 
 import psycopg
 from psycopg import conninfo
@@ -65,11 +65,13 @@ _ABANDONED: list[psycopg.Connection[Any]] = []  # a forked child's inherited con
 def split_names(url: str) -> tuple[str, dict[str, str]]:
     """``url`` without its ``schema=``/``table=`` query parameters (chatsdk's, not libpq's),
     and those parameters: ``postgresql://host/db?schema=app&table=outbox``."""
-    parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    names = {k: v for k, v in query if k in ("schema", "table")}
-    rest = urlencode([(k, v) for k, v in query if k not in names])
-    return urlunsplit(parts._replace(query=rest)), names
+    # Only the query is taken apart: urlunsplit would turn postgresql:///db (a Unix socket)
+    # into postgresql:/db, which libpq refuses.
+    base, _, query = url.partition("?")
+    pairs = parse_qsl(query, keep_blank_values=True)
+    names = {k: v for k, v in pairs if k in ("schema", "table")}
+    rest = urlencode([(k, v) for k, v in pairs if k not in names])
+    return (f"{base}?{rest}" if rest else base), names
 
 
 def redact(url: str) -> str:
@@ -112,8 +114,8 @@ class PostgresStore:
         pool_size: int = 4,
     ) -> None:
         url, named = split_names(url)
-        schema = schema or named.get("schema") or "chatsdk"
-        table = table or named.get("table") or "outbox"
+        schema = named.get("schema", "chatsdk") if schema is None else schema
+        table = named.get("table", "outbox") if table is None else table
         for name, value in (("schema", schema), ("table", table)):
             # PostgreSQL cuts names at 63 bytes; the indexes' names add up to 9 to the table's.
             if not value or len(value.encode()) > MAX_NAME_BYTES or "\x00" in value:

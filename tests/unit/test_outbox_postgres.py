@@ -9,6 +9,7 @@ import json
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import psycopg
 import pytest
@@ -54,6 +55,28 @@ def test_url_helpers() -> None:
         redact("postgresql://h/db?nonsense=1")
     url, names = split_names("postgresql://h/db?sslmode=disable&schema=s&table=t")
     assert (url, names) == ("postgresql://h/db?sslmode=disable", {"schema": "s", "table": "t"})
+
+
+def test_a_url_with_no_host_part_is_kept_whole(postgres_url: str, pg_schema: str) -> None:
+    # postgresql:///db is how a Unix-socket connection is written (the host, if any, in
+    # the query). Seen before: taking chatsdk's schema= out of the URL turned it into
+    # postgresql:/db, which libpq refuses: "invalid PostgreSQL URL".
+    assert split_names("postgresql:///db?schema=s") == ("postgresql:///db", {"schema": "s"})
+    assert split_names("postgresql://") == ("postgresql://", {})
+    info = psycopg.conninfo.conninfo_to_dict(postgres_url)
+    dbname = info.pop("dbname", "postgres")
+    params = "&".join(f"{k}={quote(str(v), safe='')}" for k, v in info.items())
+    url = f"postgresql:///{dbname}?{params}&schema={pg_schema}"
+    with Outbox(url) as box:
+        entry = box.enqueue("message", "c", {"channelId": "c", "text": "x"})
+        assert box.get(entry.id) is not None and box._store.schema == pg_schema
+
+
+def test_an_empty_schema_or_table_in_the_url_is_refused(postgres_url: str) -> None:
+    # Seen before: ?schema= fell back to the default schema without a word.
+    for name in ("schema", "table"):
+        with pytest.raises(ConfigurationError, match=f"{name} must be 1 to 40 bytes"):
+            Outbox(f"{postgres_url}?{name}=")
 
 
 def test_schema_and_table_are_for_postgresql_only(tmp_path: Path) -> None:
