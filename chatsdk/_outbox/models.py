@@ -177,7 +177,8 @@ class OutboxEntry(Generic[R]):
         Raises:
             APIError: the permanent error that failed the entry (rebuilt from the file).
             OutboxEntryExpiredError: the entry reached ``max_age`` undelivered.
-            OutboxError: the entry failed after ``max_attempts``, or was purged.
+            OutboxError: the entry failed after ``max_attempts``, was purged, or was queued
+                in a transaction (``connection=``) that has not committed.
             OutboxUnavailableError: the outbox's database was still unreachable when
                 ``timeout`` passed (while it is down, the wait goes on).
             WaitTimeoutError: ``timeout`` seconds passed first; delivery goes on.

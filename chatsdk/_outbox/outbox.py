@@ -436,7 +436,10 @@ class Outbox:
                 self._wait_out(exc, seen, remaining)
                 continue
             if entry is None:
-                raise OutboxError(f"outbox entry {entry_id} is no longer in the outbox")
+                raise OutboxError(
+                    f"outbox entry {entry_id} is not in the outbox: purged, or queued in a"
+                    " transaction that has not committed (or was rolled back)"
+                )
             if entry.status in TERMINAL:
                 result: Message | Reaction = entry.result()
                 return result

@@ -168,6 +168,16 @@ def test_an_error_on_the_callers_connection_is_an_outbox_error(
             box.enqueue("message", "c", {"text": "x"}, connection=conn)
 
 
+def test_waiting_on_an_entry_of_an_uncommitted_transaction_says_so(
+    postgres_url: str, pg_schema: str
+) -> None:
+    with Outbox(postgres_url, schema=pg_schema) as box, psycopg.connect(postgres_url) as conn:
+        entry = box.enqueue("message", "c", {"text": "x"}, connection=conn)
+        with pytest.raises(OutboxError, match="a transaction that has not committed"):
+            entry.wait(0)  # before: "no longer in the outbox", as if it had been purged
+        conn.rollback()
+
+
 def test_unreachable_database_is_an_outbox_error_at_once() -> None:
     url = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres?connect_timeout=1"
     with pytest.raises(OutboxError, match="unreachable"):
@@ -225,7 +235,7 @@ def test_a_wait_goes_on_while_the_database_is_down(postgres_url: str, pg_schema:
             store._url, store._down_until = url, 0.0
 
         box._wait_out = back_up_after  # type: ignore[method-assign]
-        with pytest.raises(OutboxError, match="no longer in the outbox"):  # looked again
+        with pytest.raises(OutboxError, match="is not in the outbox"):  # looked again
             box.wait(12345, 60)
 
 
