@@ -70,6 +70,8 @@ _UNAVAILABLE_POLL = 0.2  # between looks while the database is unreachable
 #: Entries whose stored times this process remembers (to move them after a clock step);
 #: beyond this many, the oldest are forgotten (they are judged by the wall clock alone).
 KNOWN_MAX = 10_000
+#: A database server's clock this many seconds away from this host's is warned of at open.
+CLOCK_SKEW_WARNING = 2.0
 
 
 class _Drainer(Protocol):
@@ -179,6 +181,7 @@ class Outbox:
         if monotonic is None:
             monotonic = MONOTONIC if clock is time.time else clock
         self._watch = StepWatch(clock, monotonic)
+        self._check_clock(clock)
         self._known: dict[int, tuple[float, float]] = {}  # id -> (created_at, next_attempt_at)
         self._expired_seen = self._expired()  # what flushes report is what expires after
         self._listeners: list[Callable[[], None]] = []
@@ -713,6 +716,25 @@ class Outbox:
         return self._claimed(row)
 
     # -- time ------------------------------------------------------------------------------
+
+    def _check_clock(self, clock: Callable[[], float]) -> None:
+        """Warn when this host's clock and the database server's disagree.
+
+        Leases and ``max_age`` are judged by the clock of the host that reads them: a host
+        whose clock is ahead takes other hosts' live leases over early (the entry is resent
+        under the same key), one behind leaves a dead host's entries waiting longer.
+        """
+        offset = self._store.clock_offset(clock)
+        if offset is not None and abs(offset) >= CLOCK_SKEW_WARNING:
+            log.warning(
+                "outbox %s: this host's clock is %.1fs %s the database server's; leases "
+                "(%gs) and max_age are judged by each host's clock: keep the hosts' clocks "
+                "in sync (NTP)",
+                self.path,
+                abs(offset),
+                "behind" if offset > 0 else "ahead of",
+                self.lease_seconds,
+            )
 
     def _now(self) -> float:
         """The wall-clock time for the store; a step of the wall clock is handled first."""

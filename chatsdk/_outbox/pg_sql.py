@@ -166,6 +166,7 @@ WITH_STATUS = _SELECT + " WHERE status = %s ORDER BY id LIMIT %s"
 COUNTS = "SELECT status, count(*) FROM {t} GROUP BY status"
 OLDEST_PENDING = f"SELECT min(created_at) FROM {{t}} WHERE {PENDING}"
 HAS_PENDING = f"SELECT EXISTS (SELECT 1 FROM {{t}} WHERE {PENDING})"
+SERVER_TIME = "SELECT extract(epoch FROM clock_timestamp())::float8"
 COUNT_EXPIRED = "SELECT count(*) FROM {t} WHERE status = 'expired'"  # on i_expired
 COUNT_PENDING = f"SELECT count(*) FROM {{t}} WHERE {PENDING}"
 COUNT_ORIGIN = f"SELECT count(*) FROM {{t}} WHERE {PENDING} AND origin IS NOT DISTINCT FROM %s"

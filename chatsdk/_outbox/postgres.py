@@ -404,6 +404,16 @@ class PostgresStore:
         row = self._run(lambda c: c.execute(self._q["HAS_PENDING"]).fetchone())
         return bool(row and row[0])
 
+    def clock_offset(self, clock: Callable[[], float]) -> float | None:
+        def read(cur: psycopg.Cursor[Any]) -> float:
+            before = clock()
+            row = cur.execute(self._q["SERVER_TIME"]).fetchone()
+            after = clock()
+            assert row is not None
+            return float(row[0]) - (before + after) / 2  # the reading's midpoint
+
+        return self._run(read, single=True)
+
     def expired_count(self) -> int:
         row = self._run(lambda c: c.execute(self._q["COUNT_EXPIRED"]).fetchone())
         return int(row[0]) if row else 0

@@ -158,6 +158,9 @@ class SQLiteStore:
 
         return self._run(read, write=False)
 
+    def clock_offset(self, clock: Callable[[], float]) -> float | None:
+        return None  # one machine's file: every process reads the same clock
+
     def has_pending(self) -> bool:
         return bool(self._run(lambda c: c.execute(sql.HAS_PENDING).fetchone()[0], write=False))
 

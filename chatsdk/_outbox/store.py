@@ -193,6 +193,10 @@ class Store(Protocol):
 
     def has_pending(self) -> bool: ...
 
+    def clock_offset(self, clock: Callable[[], float]) -> float | None:
+        """Seconds the database server's clock is ahead of ``clock()`` (negative: behind);
+        None when no other machine's clock is involved (a local file)."""
+
     def expired_count(self) -> int:
         """Entries ``expired``: on an index, so a flush's look costs nothing per sent row."""
 

@@ -6,6 +6,7 @@ The semantics it shares with SQLite are in test_outbox_conformance.py.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -176,6 +177,25 @@ def test_waiting_on_an_entry_of_an_uncommitted_transaction_says_so(
         with pytest.raises(OutboxError, match="a transaction that has not committed"):
             entry.wait(0)  # before: "no longer in the outbox", as if it had been purged
         conn.rollback()
+
+
+def test_a_host_clock_away_from_the_database_servers_is_warned_of_at_open(
+    postgres_url: str, pg_schema: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def skew_warnings() -> list[str]:
+        found = [r.getMessage() for r in caplog.records if "database server's" in r.getMessage()]
+        caplog.clear()
+        return found
+
+    caplog.set_level(logging.WARNING, logger="chatsdk")
+    Outbox(postgres_url, schema=pg_schema).close()  # the same machine's clock: in sync
+    assert skew_warnings() == []
+    for skew, says in ((120.0, "120.0s ahead of"), (-120.0, "120.0s behind")):
+        Outbox(postgres_url, schema=pg_schema, clock=lambda s=skew: time.time() + s).close()
+        (warning,) = skew_warnings()
+        assert says in warning and "NTP" in warning
+    Outbox(tmp_path / "x.db", clock=lambda: time.time() + 120).close()  # one machine: no server
+    assert skew_warnings() == []
 
 
 def test_unreachable_database_is_an_outbox_error_at_once() -> None:

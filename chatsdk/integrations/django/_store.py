@@ -262,6 +262,9 @@ class DjangoStore:
 
         return self._run(read, atomic=False)  # a read: never SQLite's write lock
 
+    def clock_offset(self, clock: Callable[[], float]) -> float | None:
+        return None  # not measured: the project's hosts are expected to keep NTP time
+
     def has_pending(self) -> bool:
         return bool(self._run(self._pending().exists, atomic=False))
 
