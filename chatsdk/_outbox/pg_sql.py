@@ -46,9 +46,12 @@ MIGRATIONS = (
     CREATE INDEX IF NOT EXISTS {{i_finished}} ON {{t}} (finished_at) WHERE {FINISHED}
     """,
     # 2: expired entries counted on an index of their own (a flush's look), not by
-    # visiting every finished row.
+    # visiting every finished row; queued entries by due time and claims by lease expiry,
+    # for a claim's first look (see CLAIM).
     """
-    CREATE INDEX IF NOT EXISTS {i_expired} ON {t} (id) WHERE status = 'expired'
+    CREATE INDEX IF NOT EXISTS {i_expired} ON {t} (id) WHERE status = 'expired';
+    CREATE INDEX IF NOT EXISTS {i_due} ON {t} (next_attempt_at, id) WHERE status = 'queued';
+    CREATE INDEX IF NOT EXISTS {i_leased} ON {t} (lease_expires_at) WHERE status = 'sending'
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -100,22 +103,55 @@ _TAKE = (
     + _RETURNING
     + ")"
 )
+# A claim's first look: the earliest due entries whatever their channel (queued ones by
+# due time, then claims whose lease ran out), of which those that head their channel are
+# taken. Most due entries are heads, so this finds a batch at a cost that does not grow
+# with the number of channels. When it finds fewer than asked for (a channel's backlog
+# waiting behind a delivery in flight, say) the claim walks every channel's head instead
+# (_HEADS), and only then says when the next head is due and whether one is stale.
+_QUICK = f"""
+cand AS MATERIALIZED (
+    SELECT id, next_attempt_at FROM (
+        (SELECT id, channel, next_attempt_at FROM {{t}} WHERE status = 'queued'
+            AND next_attempt_at <= %(now)s AND created_at > %(oldest)s
+            ORDER BY next_attempt_at, id LIMIT %(probe)s)
+        UNION ALL
+        (SELECT id, channel, next_attempt_at FROM {{t}} WHERE status = 'sending'
+            AND lease_expires_at <= %(now)s ORDER BY lease_expires_at LIMIT %(probe)s)
+    ) c WHERE id = (SELECT id FROM {{t}} WHERE {PENDING} AND channel = c.channel
+        ORDER BY id LIMIT 1)
+    ORDER BY next_attempt_at, id
+), quick AS MATERIALIZED (
+    SELECT e.id AS pick FROM cand CROSS JOIN LATERAL (
+        SELECT id, status, created_at, next_attempt_at, lease_expires_at, lease_token
+        FROM {{t}} WHERE id = cand.id LIMIT 1 FOR UPDATE SKIP LOCKED) e
+    WHERE {_DUE_E} LIMIT %(limit)s
+), enough AS MATERIALIZED (SELECT count(*) >= %(limit)s AS yes FROM quick)"""
 # One statement, so one round trip and its own transaction: the due heads claimed, each
 # row led by what the caller needs besides: when the next unclaimed head is due (the
 # heads just claimed left out), and whether a head is old enough to expire (then the
 # caller expires, and claims again). With nothing claimed, one row of those two alone.
-CLAIM = f"""{_HEADS}, picked AS (
+# When the first look found enough, the walk over every head never runs (the gates on
+# ``enough`` are one-time filters): more may be due at once, and none is called stale.
+CLAIM = f"""{_HEADS}, {_QUICK}, walked AS (
     SELECT e.id AS pick FROM heads JOIN {{t}} e ON e.id = heads.id WHERE {_DUE_E}
+    AND NOT (SELECT yes FROM enough)
     ORDER BY e.next_attempt_at, e.id LIMIT %(limit)s FOR UPDATE OF e SKIP LOCKED
+), picked AS (
+    SELECT pick FROM quick WHERE (SELECT yes FROM enough)
+    UNION ALL
+    SELECT pick FROM walked
 ), {_TAKE}, summary AS (
     SELECT min(CASE WHEN status = 'queued' THEN next_attempt_at ELSE lease_expires_at END)
             FILTER (WHERE (status = 'queued' OR NOT lease_token = ANY(%(held)s::text[]))
                 AND id NOT IN (SELECT pick FROM picked)) AS next_due,
         coalesce(bool_or(created_at <= %(oldest)s
             AND NOT (status = 'sending' AND lease_expires_at > %(now)s)), false) AS stale
-    FROM heads
+    FROM heads WHERE NOT (SELECT yes FROM enough)
 )
-SELECT summary.next_due, summary.stale, taken.* FROM summary LEFT JOIN taken ON true"""
+SELECT CASE WHEN (SELECT yes FROM enough) THEN %(now)s ELSE summary.next_due END,
+    summary.stale, taken.*
+FROM summary LEFT JOIN taken ON true"""
 # An outcome, fenced by the claim's token. The token stays on the finished row, so the
 # same statement rerun (its connection lost, the outcome unknown) changes nothing and
 # still reports the outcome recorded.
@@ -245,6 +281,8 @@ def _names(schema: str, table: str) -> dict[str, sql.Identifier]:
         "i_pending": sql.Identifier(f"{table}_pending"),
         "i_finished": sql.Identifier(f"{table}_finished"),
         "i_expired": sql.Identifier(f"{table}_expired"),
+        "i_due": sql.Identifier(f"{table}_due"),
+        "i_leased": sql.Identifier(f"{table}_leased"),
     }
 
 

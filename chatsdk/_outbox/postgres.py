@@ -56,6 +56,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SAFETY_POLL = 15.0  # seconds between looks when no NOTIFY arrives
+#: Due entries a claim's first look reads for each entry asked for (see pg_sql.CLAIM);
+#: those of them that head their channel are claimed.
+PROBE_MIN, PROBE_PER_CLAIM = 16, 8
 MAX_NAME_BYTES = 40  # a schema's or a table's name, in UTF-8
 MAX_BACKOFF = 2.0  # the longest pause between two connection attempts
 APPLICATION = "chatsdk-outbox"
@@ -464,6 +467,7 @@ class PostgresStore:
             "now": now,
             "held": list(self.held),
             "limit": limit,
+            "probe": PROBE_MIN + PROBE_PER_CLAIM * limit,
             "oldest": now - self.max_age,
             "owner": self.owner,
             "expires": now + self.lease_seconds,
