@@ -48,7 +48,7 @@ from chatsdk._errors import ConfigurationError, OutboxError, OutboxUnavailableEr
 from chatsdk._outbox import pg_sql
 from chatsdk._outbox.models import describe_error, row_problem
 from chatsdk._outbox.sql import TOKEN
-from chatsdk._outbox.store import Follow, Row, Signals, expiry_error
+from chatsdk._outbox.store import PROBE_MIN, PROBE_PER_CLAIM, Follow, Row, Signals, expiry_error
 
 __all__ = ["MAX_BACKOFF", "SAFETY_POLL", "PostgresStore"]
 
@@ -56,9 +56,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SAFETY_POLL = 15.0  # seconds between looks when no NOTIFY arrives
-#: Due entries a claim's first look reads for each entry asked for (see pg_sql.CLAIM);
-#: those of them that head their channel are claimed.
-PROBE_MIN, PROBE_PER_CLAIM = 16, 8
 MAX_NAME_BYTES = 40  # a schema's or a table's name, in UTF-8
 MAX_BACKOFF = 2.0  # the longest pause between two connection attempts
 APPLICATION = "chatsdk-outbox"

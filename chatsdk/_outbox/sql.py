@@ -25,6 +25,7 @@ __all__ = [
     "HAS_PENDING",
     "DEAD_LETTER",
     "HEADS",
+    "QUICK_HEADS",
     "INSERT",
     "LEASE_EXPIRES",
     "NEXT_AT",
@@ -84,6 +85,21 @@ WITH RECURSIVE chans(c) AS (
 SELECT {", ".join("e." + c.strip() for c in COLUMNS.split(","))}
 FROM chans JOIN entries e ON e.id = (
     SELECT id FROM entries WHERE {PENDING} AND channel = chans.c ORDER BY id LIMIT 1)
+ORDER BY e.next_attempt_at, e.id
+"""  # noqa: S608
+# A claim's first look: the earliest due queued entries and the claims whose lease ran out,
+# whatever their channel, of which those that head their channel. Its cost does not grow
+# with the number of channels pending (HEADS walks them all).
+QUICK_HEADS = f"""
+SELECT {", ".join("e." + c.strip() for c in COLUMNS.split(","))} FROM entries e
+WHERE e.id IN (
+    SELECT id FROM (SELECT id FROM entries WHERE status = 'queued' AND next_attempt_at <= :now
+        AND created_at > :oldest ORDER BY next_attempt_at, id LIMIT :probe)
+    UNION ALL
+    SELECT id FROM (SELECT id FROM entries WHERE status = 'sending'
+        AND lease_expires_at <= :now AND created_at > :oldest
+        ORDER BY lease_expires_at LIMIT :probe))
+AND e.id = (SELECT id FROM entries WHERE {PENDING} AND channel = e.channel ORDER BY id LIMIT 1)
 ORDER BY e.next_attempt_at, e.id
 """  # noqa: S608
 # One channel's head: what a worker that just finished the previous head claims next.

@@ -49,7 +49,7 @@ Durability = Literal["normal", "full"]
 
 #: ``PRAGMA application_id`` of an outbox file ("CHOB"): tells ours from a foreign database.
 APPLICATION_ID = 0x43484F42
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 _HEADER = b"SQLite format 3\x00"
 _APPLICATION_ID_OFFSET = 68  # where the file header stores PRAGMA application_id
 BUSY_DEADLINE = 120.0  # seconds we keep retrying SQLITE_BUSY before giving up
@@ -91,6 +91,11 @@ _MIGRATIONS = (
     # The W3C trace context of the span that queued the entry (JSON), for delivery spans.
     """
     ALTER TABLE entries ADD COLUMN trace_context TEXT
+    """,
+    # Queued entries by due time and claims by lease expiry: a claim's first look.
+    """
+    CREATE INDEX entries_due ON entries(next_attempt_at, id) WHERE status = 'queued';
+    CREATE INDEX entries_leased ON entries(lease_expires_at) WHERE status = 'sending'
     """,
 )
 assert len(_MIGRATIONS) == SCHEMA_VERSION

@@ -22,7 +22,7 @@ from typing import Any
 from chatsdk._outbox import sql
 from chatsdk._outbox.models import describe_error, row_problem
 from chatsdk._outbox.sqlite import Database, Durability
-from chatsdk._outbox.store import Follow, Row, expiry_error
+from chatsdk._outbox.store import PROBE_MIN, PROBE_PER_CLAIM, Follow, Row, expiry_error
 
 __all__ = ["CAN_PROBE_PIDS", "SQLiteStore", "owner_alive"]
 
@@ -188,13 +188,24 @@ class SQLiteStore:
     def _take(
         self, conn: sqlite3.Connection, limit: int, now: float
     ) -> tuple[list[Row], float | None]:
-        """:meth:`claim`'s work, inside the caller's ``BEGIN IMMEDIATE`` transaction."""
+        """:meth:`claim`'s work, inside the caller's ``BEGIN IMMEDIATE`` transaction.
+
+        First the earliest due entries whatever their channel, of which the channel heads
+        are claimed (most due entries are heads); when those are fewer than ``limit``,
+        every channel's head is walked, which also tells when the next one is due.
+        """
+        held = self.held
+        probe = PROBE_MIN + PROBE_PER_CLAIM * limit
+        args = {"now": now, "oldest": now - self.max_age, "probe": probe}
+        quick = [r for r in conn.execute(sql.QUICK_HEADS, args) if r[sql.TOKEN] not in held]
+        if len(quick) >= limit:
+            taken = (self._claim_row(conn, row, now) for row in quick[:limit])
+            return [row for row in taken if row is not None], now  # more may be due at once
         # Raw rows: only the heads actually claimed are copied.
         heads = conn.execute(sql.HEADS).fetchall()
         if any(row[sql.CREATED] <= now - self.max_age for row in heads):
             self._expire(conn, now)
             heads = conn.execute(sql.HEADS).fetchall()
-        held = self.held
         claimed: list[Row] = []
         next_due: float | None = None
         for row in heads:

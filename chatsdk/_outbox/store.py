@@ -28,13 +28,28 @@ from typing import Any, Literal, Protocol
 
 from chatsdk._errors import ConfigurationError
 
-__all__ = ["Follow", "Row", "Signals", "Store", "Wakeups", "expiry_error", "parse_target"]
+__all__ = [
+    "PROBE_MIN",
+    "PROBE_PER_CLAIM",
+    "Follow",
+    "Row",
+    "Signals",
+    "Store",
+    "Wakeups",
+    "expiry_error",
+    "parse_target",
+]
 
 Row = tuple[Any, ...]
 #: What an outcome's transaction claims next: ``"channel"``, the entry's channel's next
 #: entry when it is due; ``"any"``, the most overdue channel head; None, nothing.
 Follow = Literal["channel", "any"] | None
 _POSTGRES = ("postgresql", "postgres")
+
+
+#: Due entries a claim's first look reads: this many, plus so many per entry asked for;
+#: those of them that head their channel are claimed (see each store's ``claim``).
+PROBE_MIN, PROBE_PER_CLAIM = 16, 8
 
 
 def parse_target(target: str | os.PathLike[str]) -> tuple[Literal["sqlite", "postgresql"], str]:

@@ -20,7 +20,7 @@ from chatsdk._outbox import postgres
 from chatsdk._outbox.outbox import Outbox
 from chatsdk._outbox.postgres import PostgresStore, redact, split_names
 from chatsdk._outbox.sql import TOKEN
-from chatsdk._outbox.store import parse_target
+from chatsdk._outbox.store import PROBE_MIN, PROBE_PER_CLAIM, parse_target
 from tests.helpers import wait_until
 from tests.postgres import free_port
 
@@ -221,7 +221,7 @@ def test_a_claims_work_does_not_grow_with_the_channels_pending(
                 "now": now + 1,
                 "held": [],
                 "limit": 4,
-                "probe": postgres.PROBE_MIN + postgres.PROBE_PER_CLAIM * 4,
+                "probe": PROBE_MIN + PROBE_PER_CLAIM * 4,
                 "oldest": now - 3600,
                 "owner": "test",
                 "expires": now + 60,
