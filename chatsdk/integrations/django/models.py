@@ -64,6 +64,17 @@ class Entry(models.Model):
                 condition=models.Q(status="expired"),
                 name="chatsdk_outbox_expired",
             ),
+            # A claim's first look: queued entries by due time, claims by lease expiry.
+            models.Index(
+                fields=["next_attempt_at", "id"],
+                condition=models.Q(status="queued"),
+                name="chatsdk_outbox_due",
+            ),
+            models.Index(
+                fields=["lease_expires_at"],
+                condition=models.Q(status="sending"),
+                name="chatsdk_outbox_leased",
+            ),
         ]
 
     def __str__(self) -> str:
