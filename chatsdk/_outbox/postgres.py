@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SAFETY_POLL = 15.0  # seconds between looks when no NOTIFY arrives
+POOL_SIZE = 8  # connections a store opens at most, by default
 MAX_NAME_BYTES = 40  # a schema's or a table's name, in UTF-8
 MAX_BACKOFF = 2.0  # the longest pause between two connection attempts
 APPLICATION = "chatsdk-outbox"
@@ -63,13 +64,13 @@ _ABANDONED: list[psycopg.Connection[Any]] = []  # a forked child's inherited con
 
 
 def split_names(url: str) -> tuple[str, dict[str, str]]:
-    """``url`` without its ``schema=``/``table=`` query parameters (chatsdk's, not libpq's),
-    and those parameters: ``postgresql://host/db?schema=app&table=outbox``."""
+    """``url`` without its ``schema=``/``table=``/``pool_size=`` query parameters (chatsdk's,
+    not libpq's), and those: ``postgresql://host/db?schema=app&table=outbox&pool_size=16``."""
     # Only the query is taken apart: urlunsplit would turn postgresql:///db (a Unix socket)
     # into postgresql:/db, which libpq refuses.
     base, _, query = url.partition("?")
     pairs = parse_qsl(query, keep_blank_values=True)
-    names = {k: v for k, v in pairs if k in ("schema", "table")}
+    names = {k: v for k, v in pairs if k in ("schema", "table", "pool_size")}
     rest = urlencode([(k, v) for k, v in pairs if k not in names])
     return (f"{base}?{rest}" if rest else base), names
 
@@ -95,7 +96,10 @@ class PostgresStore:
             bytes in UTF-8 (PostgreSQL cuts names at 63 bytes; the indexes' add to it).
         lease_seconds, max_age, sent_retention: as :class:`~chatsdk.Outbox` has them.
         connect_timeout: seconds one connection attempt may take.
-        pool_size: idle connections kept for reuse.
+        pool_size: connections this process's store opens at most (each kept for reuse;
+            default 8, also accepted as the URL's ``?pool_size=``);
+            a call waits for a free one up to ``connect_timeout``, then raises
+            :class:`~chatsdk.OutboxUnavailableError`. The ``LISTEN`` connection is apart.
     """
 
     backend = "postgresql"
@@ -111,9 +115,12 @@ class PostgresStore:
         max_age: float = 82800.0,
         sent_retention: float = 3600.0,
         connect_timeout: float = 5.0,
-        pool_size: int = 4,
+        pool_size: int | None = None,
     ) -> None:
         url, named = split_names(url)
+        if pool_size is None:
+            text = named.get("pool_size", str(POOL_SIZE))
+            pool_size = int(text) if text.isdigit() else -1  # refused below, with the text
         schema = named.get("schema", "chatsdk") if schema is None else schema
         table = named.get("table", "outbox") if table is None else table
         for name, value in (("schema", schema), ("table", table)):
@@ -122,6 +129,10 @@ class PostgresStore:
                 raise ConfigurationError(
                     f"{name} must be 1 to {MAX_NAME_BYTES} bytes in UTF-8, got {value!r}"
                 )
+        if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
+            raise ConfigurationError(
+                f"pool_size must be an int >= 1, got {named.get('pool_size', pool_size)!r}"
+            )
         self.target = redact(url)
         self.host = socket.gethostname().replace(":", "_")
         self.schema, self.table = schema, table
@@ -148,6 +159,7 @@ class PostgresStore:
         self.owner = f"{self.host}:{self._pid}:{uuid.uuid4().hex[:12]}"
         self._lock = threading.Lock()
         self._idle: list[psycopg.Connection[Any]] = []
+        self._slots = threading.BoundedSemaphore(self._pool_size)  # open connections
         self._down_until, self._delay, self._down_reason = 0.0, 0.0, ""
         self.held: set[str] = set()
         self._listener: threading.Thread | None = None
@@ -218,6 +230,18 @@ class PostgresStore:
         ``single`` (``fn`` runs one idempotent write statement, so a rerun after an unknown
         outcome is safe) no BEGIN/COMMIT is sent: the statement is its own transaction.
         """
+        slots = self._slots  # the one acquired is released, if a fork replaces it meanwhile
+        if not slots.acquire(timeout=self._timeout):
+            raise OutboxUnavailableError(
+                f"outbox {self.target}: all {self._pool_size} connections of this process "
+                f"were busy for {self._timeout:g}s (pool_size)"
+            )
+        try:
+            return self._run_on_slot(fn, single)
+        finally:
+            slots.release()
+
+    def _run_on_slot(self, fn: Callable[[psycopg.Cursor[Any]], T], single: bool) -> T:
         for attempt in (1, 2):
             conn, fresh = self._checkout()
             committing = False

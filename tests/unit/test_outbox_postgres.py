@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -234,6 +235,61 @@ def test_a_claims_work_does_not_grow_with_the_channels_pending(
     few, many = pages_a_claim_touches(10), pages_a_claim_touches(5000)
     # Deeper indexes cost a few pages more (seen: 58 and 178); before, 89 and 30,198.
     assert many < 10 * few, (few, many)
+
+
+def test_a_burst_of_threads_shares_a_bounded_pool(
+    postgres_url: str, pg_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Seen before: 64 threads queueing at once opened 64 connections (PostgreSQL's default
+    # max_connections is 100), and closed all but 4 of them again at every turn.
+    opened: list[object] = []
+    connect = psycopg.connect
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        opened.append(args)
+        return connect(*args, **kwargs)
+
+    with Outbox(postgres_url, schema=pg_schema) as box:
+        monkeypatch.setattr(postgres.psycopg, "connect", counted)
+
+        def queue(thread: int) -> None:
+            for i in range(20):
+                box.enqueue("message", f"c{thread}", {"channelId": "c", "text": f"{i}"})
+
+        threads = [threading.Thread(target=queue, args=(t,)) for t in range(64)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert box.stats().queued == 64 * 20  # each waited for a connection, none failed
+    # The pool's, opened as needed (one was open from the start), and the LISTEN one.
+    assert len(opened) <= postgres.POOL_SIZE + 1, len(opened)
+
+
+def test_a_call_that_finds_every_connection_busy_is_told(postgres_url: str, pg_schema: str) -> None:
+    store = PostgresStore(postgres_url, schema=pg_schema, pool_size=1, connect_timeout=0.2)
+    for bad in ("0", "many", ""):
+        with pytest.raises(ConfigurationError, match=f"pool_size must be an int >= 1, got '{bad}'"):
+            Outbox(f"{postgres_url}?pool_size={bad}", schema=pg_schema)
+    with pytest.raises(ConfigurationError, match="got 0"):
+        PostgresStore(postgres_url, schema=pg_schema, pool_size=0)
+    with Outbox(f"{postgres_url}?pool_size=3", schema=pg_schema) as sized:
+        assert sized._store._pool_size == 3
+    with Outbox(store) as box:
+        holding, release = threading.Event(), threading.Event()
+
+        def hold(cur: Any) -> None:
+            holding.set()
+            release.wait(30)
+
+        holder = threading.Thread(target=store._run, args=(hold,))
+        holder.start()
+        assert holding.wait(30)
+        with pytest.raises(OutboxUnavailableError, match=r"all 1 connections .* busy for 0\.2s"):
+            box.enqueue("message", "c", {"channelId": "c", "text": "x"})
+        release.set()
+        holder.join()
+        assert box.enqueue("message", "c", {"channelId": "c", "text": "x"}).id > 0
 
 
 def test_unreachable_database_is_an_outbox_error_at_once() -> None:
