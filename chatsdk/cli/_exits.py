@@ -5,7 +5,8 @@ A script branches on these; they mean the same thing in every command::
     0   done
     2   usage: bad arguments (argparse)
     65  invalid input: the message, a file or an argument was refused; nothing was sent
-    69  the service is unavailable after retries, or its circuit is open
+    69  the service is unavailable after retries, or its circuit is open; or the
+      outbox's database cannot be reached
     75  queued but not yet delivered (``--queue --wait`` or ``outbox drain`` ran out of time)
     77  the API key was refused (401/403)
     78  configuration missing or unusable (URL, key, key file, outbox)
@@ -27,6 +28,7 @@ from chatsdk._errors import (
     InvalidResponseError,
     OutboxEntryExpiredError,
     OutboxError,
+    OutboxUnavailableError,
     RealtimeError,
     TransportError,
     UnauthorizedError,
@@ -106,8 +108,8 @@ def exit_code_for(exc: BaseException) -> int:
         return DATAERR if exc.status in _INPUT_STATUSES else UNAVAILABLE
     if isinstance(exc, WaitTimeoutError):
         return TEMPFAIL
-    if isinstance(exc, OutboxEntryExpiredError):
-        return UNAVAILABLE
+    if isinstance(exc, (OutboxEntryExpiredError, OutboxUnavailableError)):
+        return UNAVAILABLE  # a database restarting or failing over: worth another try
     if isinstance(exc, OutboxError):
         return CONFIG
     if isinstance(exc, (TransportError, CircuitBreakerOpenError, RealtimeError)):

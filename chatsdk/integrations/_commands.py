@@ -1,9 +1,10 @@
 """The outbox commands behind ``manage.py chatsdk_drain``/``chatsdk_outbox`` and ``flask chatsdk``.
 
 Exit codes are the ``chatsdk`` command line's (:mod:`chatsdk.cli._exits`): 0 done, 65 dead
-letters (entries failed for good), 69 the service is unavailable, 75 entries still pending,
-77 the API key was refused, 78 no outbox configured. Output goes to the writers the
-framework gives (Django's ``self.stdout``, click's ``echo``).
+letters (entries failed for good), 69 the service (or the outbox's database) is
+unavailable, 75 entries still pending, 77 the API key was refused, 78 no outbox
+configured. Output goes to the writers the framework gives (Django's ``self.stdout``,
+click's ``echo``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from chatsdk._client import ChatClient
 from chatsdk._errors import OutboxError, OutboxUnavailableError
 from chatsdk._outbox.outbox import STATUSES, Outbox, OutboxStats
 from chatsdk._validation import check_seconds
-from chatsdk.cli._exits import CONFIG, DATAERR, NOPERM, OK, TEMPFAIL, USAGE
+from chatsdk.cli._exits import CONFIG, DATAERR, NOPERM, OK, TEMPFAIL, UNAVAILABLE, USAGE
 from chatsdk.cli._worker import drain_until_stopped
 
 __all__ = ["drain", "entries", "purge", "retry", "status"]
@@ -78,7 +79,7 @@ def drain(
     in flight finish (for at most the client's ``close_timeout``), the claimed entries not
     started are given back for any drainer, and it returns as ``once`` does: the report and
     the status are made after the deliveries in flight are recorded. A database outage
-    while the worker runs is waited out (the drainer reconnects); 75 when the outbox's
+    while the worker runs is waited out (the drainer reconnects); 69 when the outbox's
     database cannot be reached at the start, during ``once``, or for the report.
     A ``timeout`` that is NaN or negative is a usage error (2), before anything is opened.
     """
@@ -93,7 +94,7 @@ def drain(
         )
     except OutboxUnavailableError as exc:  # at the start, or at the report: nothing is lost
         err(f"the outbox's database cannot be reached ({exc}); its entries stay queued")
-        return TEMPFAIL
+        return UNAVAILABLE
 
 
 def _drain(

@@ -15,6 +15,7 @@ from chatsdk._outbox.outbox import Outbox
 from chatsdk.cli._progress import progress_bar
 from chatsdk.testing import ReferenceServer
 from tests.integration.cli_helpers import KEY, base_env, chatsdk, config_env
+from tests.postgres import free_port
 
 
 def body(channel: str, text: str) -> dict[str, object]:
@@ -105,6 +106,18 @@ def test_missing_path_exits_78(tmp_path: Path) -> None:
     assert result.code == 78 and "--path" in result.err
     result = chatsdk("outbox", "--path", str(tmp_path / "nope.db"), "status", env=base_env())
     assert result.code == 78 and "no such file" in result.err
+
+
+@pytest.mark.parametrize("argv", [["status"], ["drain", "--forever"]])
+def test_an_unreachable_outbox_database_exits_69(
+    server: ReferenceServer, tmp_path: Path, argv: list[str]
+) -> None:
+    # Seen before: 78 ("configuration missing or unusable"), which tells a supervisor not to
+    # try again; the database being down (a restart, a failover) is worth another try.
+    url = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
+    result = chatsdk("outbox", "--path", url, *argv, env=config_env(server.url, tmp_path))
+    assert result.code == 69, result.err
+    assert "database unreachable" in result.err
 
 
 def test_drain_exits_65_when_entries_failed_for_good(

@@ -6,7 +6,7 @@ as sent, not as pending (seen before: ``sent 2, failed 0, pending 1`` and exit 7
 ``chatsdk_drain`` worker SIGTERMed while its third delivery was on the wire, although the
 server had it and the worker recorded it while closing). The worker's loop is the one
 ``chatsdk outbox drain --forever`` runs (:func:`chatsdk.cli._worker.drain_until_stopped`);
-an outbox database that cannot be reached is told with exit 75, not a traceback.
+an outbox database that cannot be reached is told with exit 69, not a traceback.
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ def test_a_worker_in_test_mode_delivers_inline_each_tick(tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize("once", [True, False])
-def test_an_unreachable_outbox_database_is_told_with_exit_75(once: bool) -> None:
+def test_an_unreachable_outbox_database_is_told_with_exit_69(once: bool) -> None:
     err: list[str] = []
     url = "postgresql://chatsdk@127.0.0.1:1/nowhere"  # nothing listens on port 1
     code = _commands.drain(
@@ -132,7 +132,7 @@ def test_an_unreachable_outbox_database_is_told_with_exit_75(once: bool) -> None
         out=pytest.fail,
         err=err.append,
     )
-    assert code == 75
+    assert code == 69
     assert "cannot be reached" in err[0] and "stay queued" in err[0]
 
 
