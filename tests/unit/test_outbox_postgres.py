@@ -292,6 +292,28 @@ def test_a_call_that_finds_every_connection_busy_is_told(postgres_url: str, pg_s
         assert box.enqueue("message", "c", {"channelId": "c", "text": "x"}).id > 0
 
 
+def test_a_call_in_flight_at_close_closes_its_connection_when_it_ends(
+    postgres_url: str, pg_schema: str
+) -> None:
+    store = PostgresStore(postgres_url, schema=pg_schema)
+    holding, release = threading.Event(), threading.Event()
+    used: list[psycopg.Connection[Any]] = []
+
+    def hold(cur: Any) -> None:
+        used.append(cur.connection)
+        holding.set()
+        release.wait(30)
+
+    call = threading.Thread(target=store._run, args=(hold,))
+    call.start()
+    assert holding.wait(30)
+    store.close()
+    assert not used[0].closed  # still the call's
+    release.set()
+    call.join()
+    assert used[0].closed  # not put back into the closed store's pool
+
+
 def test_unreachable_database_is_an_outbox_error_at_once() -> None:
     url = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres?connect_timeout=1"
     with pytest.raises(OutboxError, match="unreachable"):
