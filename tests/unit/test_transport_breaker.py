@@ -232,3 +232,27 @@ def test_the_budget_lets_30_percent_transient_failures_through(sleep, clock) -> 
     assert failed <= 15
     budget = chat.session.adapter.hosts.get("rest:http://chat.test:80").budget
     assert budget is not None and budget.tokens > 5
+
+
+@responses.activate
+def test_a_half_open_circuit_with_its_probe_out_refuses_another_call_unsent(sleep, clock) -> None:
+    # The session's fail-fast lets a HALF_OPEN circuit through; the attempt's own permit
+    # is what refuses a call while every probe slot is taken (another thread's probe).
+    responses.add(responses.GET, HEALTH, status=502)
+    policy = BreakerPolicy(failure_threshold=1, failed_operations=1, half_open_max_calls=1)
+    session = ChatSession(BASE, KEY, sleep=sleep, clock=clock, breaker=policy)
+    with pytest.raises(CircuitBreakerOpenError):  # the first 502 opens it
+        session.get("/api/health")
+    clock.advance(60.0)
+    breaker = session.breaker_for()
+    assert breaker is not None and breaker.state is CircuitState.HALF_OPEN
+    probe = breaker.acquire()  # the one probe, in flight elsewhere
+    sent = len(responses.calls)
+    with pytest.raises(CircuitBreakerOpenError) as info:
+        session.get("/api/health")
+    assert len(responses.calls) == sent  # refused before anything was sent
+    assert info.value.request_sent is False
+    probe.success()
+    with pytest.raises(CircuitBreakerOpenError):  # the next probe is let through, and fails
+        session.get("/api/health")
+    assert len(responses.calls) == sent + 1
