@@ -18,7 +18,7 @@ from chatsdk.cli import build_parser, main, serve
 from chatsdk.cli._drill import GRADES
 from tests.helpers import wait_until
 
-ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"}
 
 
 def _read_url(proc: subprocess.Popen[str], deadline: float) -> str:
@@ -35,30 +35,34 @@ def _read_url(proc: subprocess.Popen[str], deadline: float) -> str:
 
 
 def test_serve_subprocess_answers_health_and_stops_on_sigint() -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "chatsdk", "serve", "--port", "0", "--api-key", "cli-key"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=ENV,
-    )
-    try:
-        url = _read_url(proc, time.monotonic() + 20)
-        assert url.startswith("http://127.0.0.1:")
-        assert requests.get(f"{url}/api/health", timeout=5).json() == {"status": "ok"}
-        response = requests.post(
-            f"{url}/api/messages",
-            json={"channelId": "c", "text": "hi"},
-            headers={"X-API-Key": "cli-key", "Idempotency-Key": "k-1"},
-            timeout=5,
-        )
-        assert response.status_code == 201
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=15)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    argv = [sys.executable, "-m", "chatsdk", "serve", "--port", "0", "--api-key", "cli-key"]
+    # The with-block closes the pipes whatever happens (before, a timeout left them to the
+    # garbage collector, which reported them inside the next test).
+    with subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV
+    ) as proc:
+        try:
+            url = _read_url(proc, time.monotonic() + 20)
+            assert url.startswith("http://127.0.0.1:")
+            assert requests.get(f"{url}/api/health", timeout=5).json() == {"status": "ok"}
+            response = requests.post(
+                f"{url}/api/messages",
+                json={"channelId": "c", "text": "hi"},
+                headers={"X-API-Key": "cli-key", "Idempotency-Key": "k-1"},
+                timeout=5,
+            )
+            assert response.status_code == 201
+            proc.send_signal(signal.SIGINT)
+            try:
+                out, err = proc.communicate(timeout=15)
+            except subprocess.TimeoutExpired:  # seen once in CI: say where it hangs
+                proc.send_signal(signal.SIGABRT)  # faulthandler prints every thread's stack
+                _, stacks = proc.communicate(timeout=15)
+                pytest.fail(f"serve did not stop within 15 s of SIGINT; its threads:\n{stacks}")
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     assert proc.returncode == 0, err
     assert "stopped" in out
     assert "Traceback" not in err
