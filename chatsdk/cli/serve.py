@@ -1,8 +1,9 @@
-"""``chatsdk serve``: run the reference server in the foreground until Ctrl-C."""
+"""``chatsdk serve``: run the reference server in the foreground until Ctrl-C or SIGTERM."""
 
 from __future__ import annotations
 
 import argparse
+import signal
 import threading
 from typing import Any
 
@@ -19,10 +20,11 @@ def add_parser(subparsers: Any) -> None:
     """Add the ``serve`` subcommand."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "serve",
-        help="run the bundled reference server (REST + realtime) until Ctrl-C",
+        help="run the bundled reference server (REST + realtime) until Ctrl-C or SIGTERM",
         description=(
             "Run the ChatSDK reference server on this machine, with optional fault "
-            "injection, until Ctrl-C. Prints its REST and WebSocket URLs and its API key."
+            "injection, until Ctrl-C or SIGTERM. Prints its REST and WebSocket URLs and "
+            "its API key."
         ),
     )
     parser.add_argument("--host", default="127.0.0.1", help="interface (default: %(default)s)")
@@ -45,7 +47,20 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace, *, stop: threading.Event | None = None) -> int:
-    """Serve until Ctrl-C (or until ``stop`` is set); returns the exit status."""
+    """Serve until Ctrl-C, SIGTERM (a container's stop) or ``stop`` is set; returns the exit
+    status (0 after a stop)."""
+    done = stop or threading.Event()
+    previous = None
+    if threading.current_thread() is threading.main_thread():  # before the URLs are out
+        previous = signal.signal(signal.SIGTERM, lambda _s, _f: done.set())
+    try:
+        return _serve(args, done)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _serve(args: argparse.Namespace, done: threading.Event) -> int:
     try:
         from chatsdk.testing import ReferenceServer, run_forever  # noqa: PLC0415
     except ImportError as exc:
@@ -64,6 +79,6 @@ def run(args: argparse.Namespace, *, stop: threading.Event | None = None) -> int
     echo(f"  WebSocket: {server.ws_url}")
     echo(f"  API key:   {args.api_key}")
     echo("Press Ctrl-C to stop.")
-    run_forever(server, stop=stop)
+    run_forever(server, stop=done)
     echo("stopped")
     return 0
