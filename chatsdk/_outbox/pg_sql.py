@@ -105,10 +105,11 @@ _TAKE = (
 )
 # A claim's first look: the earliest due entries whatever their channel (queued ones by
 # due time, then claims whose lease ran out), of which those that head their channel are
-# taken. Most due entries are heads, so this finds a batch at a cost that does not grow
-# with the number of channels. When it finds fewer than asked for (a channel's backlog
-# waiting behind a delivery in flight, say) the claim walks every channel's head instead
-# (_HEADS), and only then says when the next head is due and whether one is stale.
+# taken. Most due entries are heads, so this finds a batch at a cost that hardly grows
+# with the number of channels (an index's depth). When it finds fewer than asked for (a
+# channel's backlog waiting behind a delivery in flight, say) the claim walks every
+# channel's head instead (_HEADS), and only then says when the next head is due and
+# whether one is stale.
 _QUICK = f"""
 cand AS MATERIALIZED (
     SELECT id, next_attempt_at FROM (

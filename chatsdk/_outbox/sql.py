@@ -88,7 +88,7 @@ FROM chans JOIN entries e ON e.id = (
 ORDER BY e.next_attempt_at, e.id
 """  # noqa: S608
 # A claim's first look: the earliest due queued entries and the claims whose lease ran out,
-# whatever their channel, of which those that head their channel. Its cost does not grow
+# whatever their channel, of which those that head their channel. Its cost hardly grows
 # with the number of channels pending (HEADS walks them all).
 QUICK_HEADS = f"""
 SELECT {", ".join("e." + c.strip() for c in COLUMNS.split(","))} FROM entries e

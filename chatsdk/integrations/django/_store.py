@@ -322,7 +322,8 @@ class DjangoStore:
         """A claim's first look: of the earliest due entries whatever their channel (queued
         ones by due time, then claims whose lease ran out), those that head their channel.
 
-        Its cost does not grow with the number of channels pending, as :meth:`_heads`' does.
+        Its cost hardly grows with the channels pending (an index's depth); that of
+        :meth:`_heads` grows with each one.
         """
         probe = PROBE_MIN + PROBE_PER_CLAIM * limit
         fresh = self._all().filter(created_at__gt=now - self.max_age)
