@@ -12,7 +12,9 @@ Without ``--url`` (or ``$CHATSDK_TEST_POSTGRES_URL``) a throwaway server is star
    bare ``FOR UPDATE SKIP LOCKED`` claim/update loop of the same batch size (goal >= 0.8x
    and >= 2,000 claims/s); the median of 3 interleaved rounds, each round's figure beside;
 3. p99 latency of ``Outbox.claim`` with 1,000,000 finished rows in the table (goal < 20 ms);
-4. the median claim with 10,000 and 100,000 channels pending beside the same with 40 (a
+4. the end of a flush there (``wait_idle(0)``), and 64 threads queueing at once: time and
+   the most connections the server saw;
+5. the median claim with 10,000 and 100,000 channels pending beside the same with 40 (a
    claim's cost should not grow with the channels pending: before the claim's first look
    at the earliest due entries, 65 and 790 ms vs 0.4 ms).
 
@@ -187,7 +189,9 @@ def bench_claims(url: str) -> dict[str, list[float]]:
     return figures
 
 
-def bench_latency(url: str) -> list[float]:
+def bench_latency(url: str) -> tuple[list[float], float]:
+    """Claim latencies with 1,000,000 finished rows in the table, and the median end of a
+    flush there (``wait_idle(0)``: pending and expired counts)."""
     fresh(url, "bench_latency")
     box = Outbox(url, schema="bench_latency")
     with psycopg.connect(url, autocommit=True) as conn:
@@ -201,7 +205,47 @@ def bench_latency(url: str) -> list[float]:
         conn.execute('VACUUM ANALYZE "bench_latency"."outbox"')
     for i in range(2000):
         box.enqueue("message", f"c{i % CHANNELS}", {"channelId": "c", "text": "x"})
-    return sorted(time_claims(box, 500))
+    looks = []
+    for _ in range(20):
+        start = time.perf_counter()
+        box.wait_idle(0)
+        looks.append(time.perf_counter() - start)
+    return sorted(time_claims(box, 500)), statistics.median(looks)
+
+
+def bench_burst(url: str, threads: int = 64, each: int = 50) -> tuple[float, int]:
+    """Seconds for ``threads`` threads to queue ``each`` entries at once, and the most
+    connections the server saw meanwhile (this process's pool and LISTEN, the watcher)."""
+    fresh(url, "bench_burst")
+    box = Outbox(url, schema="bench_burst")
+    peak, done = [0], threading.Event()
+
+    def watch() -> None:
+        with psycopg.connect(url, autocommit=True) as conn:
+            while not done.is_set():
+                row = conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
+                ).fetchone()
+                peak[0] = max(peak[0], row[0] if row else 0)
+                time.sleep(0.002)
+
+    def queue(t: int) -> None:
+        for i in range(each):
+            box.enqueue("message", f"c{t}", {"channelId": "c", "text": f"{i}"})
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    workers = [threading.Thread(target=queue, args=(t,)) for t in range(threads)]
+    start = time.perf_counter()
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    elapsed = time.perf_counter() - start
+    done.set()
+    watcher.join()
+    box.close()
+    return elapsed, peak[0]
 
 
 def time_claims(box: Outbox, claims: int) -> list[float]:
@@ -213,6 +257,7 @@ def time_claims(box: Outbox, claims: int) -> list[float]:
         start = time.perf_counter()
         claimed, _ = box.claim(BATCH)
         samples.append(time.perf_counter() - start)
+        assert len(claimed) == BATCH  # a full batch each time, not an empty look
         for entry in claimed:
             box.ack(entry, response)
     box.close()
@@ -220,7 +265,8 @@ def time_claims(box: Outbox, claims: int) -> list[float]:
 
 
 def bench_channels(url: str, channels: int) -> float:
-    """Median seconds of a claim of 4 with ``channels`` channels pending (2 entries each)."""
+    """Median seconds of a claim of 4 with ``channels`` channels pending (enough entries for
+    every claim to find a full batch)."""
     schema = f"bench_channels_{channels}"
     fresh(url, schema)
     box = Outbox(url, schema=schema)
@@ -230,7 +276,7 @@ def bench_channels(url: str, channels: int) -> float:
             f'INSERT INTO "{schema}"."outbox" (kind, channel, idempotency_key, body,'
             " created_at, next_attempt_at) SELECT 'message', 'c' || (g %% %s), 'k' || g, %s,"
             " %s, %s FROM generate_series(1, %s) g",
-            (channels, BODY, now, now, 2 * channels),
+            (channels, BODY, now, now, max(2 * channels, BATCH * 200 + channels)),
         )
         conn.execute(f'VACUUM ANALYZE "{schema}"."outbox"')
     return statistics.median(time_claims(box, 200))
@@ -262,10 +308,15 @@ def main() -> None:
             median = statistics.median(runs)
             each = " ".join(f"{run:.0f}" for run in runs)
             print(f"  {name:18} {median:8.0f}/s  ratio {median / bare:.2f}x  (rounds: {each})")
-        samples = bench_latency(url)
+        samples, look = bench_latency(url)
         p50, p99 = samples[len(samples) // 2], samples[int(len(samples) * 0.99)]
         print(f"claim latency, {FINISHED:,} finished rows  p50 {p50 * 1000:.2f} ms  "
               f"p99 {p99 * 1000:.2f} ms  (goal p99 < 20 ms)")  # fmt: skip
+        print(f"end of a flush (wait_idle(0)), {FINISHED:,} finished rows  median "
+              f"{look * 1000:.2f} ms  (a GROUP BY over the table before: 61.9 ms)")  # fmt: skip
+        elapsed, peak = bench_burst(url)
+        print(f"64 threads x 50 enqueues at once  {elapsed:.2f} s, at most {peak} connections "
+              "(a pool of 8, LISTEN, the watcher; before the bound: 65, 0.45 s)")  # fmt: skip
         few = bench_channels(url, CHANNELS)
         for channels in (10_000, 100_000):
             many = bench_channels(url, channels)
