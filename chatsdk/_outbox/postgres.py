@@ -217,7 +217,7 @@ class PostgresStore:
 
     def _checkin(self, conn: psycopg.Connection[Any]) -> None:
         with self._lock:
-            if not self._closed and not conn.closed and len(self._idle) < self._pool_size:
+            if not self._closed and not conn.closed:  # at most pool_size exist (_slots)
                 self._idle.append(conn)
                 return
         conn.close()

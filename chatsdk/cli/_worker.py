@@ -7,12 +7,11 @@ One implementation for every worker that drains an outbox until it is told to st
 from __future__ import annotations
 
 import logging
-import signal
 import threading
-from collections.abc import Callable
 
 from chatsdk import _testmode
 from chatsdk._client import ChatClient
+from chatsdk.cli._signals import stop_on_signals
 
 __all__ = ["TICK", "drain_until_stopped"]
 
@@ -21,7 +20,6 @@ log = logging.getLogger(__name__)
 #: Seconds between two looks at the stop flag (a signal sets it at once; this bounds a
 #: test mode's inline deliveries).
 TICK = 1.0
-_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def drain_until_stopped(
@@ -40,24 +38,9 @@ def drain_until_stopped(
     still on the wire; their leases run out and any drainer takes them over.
     """
     stopping = stop or threading.Event()
-    restore = _install_stop_handlers(stopping)
-    try:
+    with stop_on_signals(stopping):
         while not stopping.wait(TICK):
             if _testmode.inline_flush() is not None:
                 client.flush(0)
-    finally:
-        restore()
     log.info("chatsdk drain: stopping; deliveries in flight may take %ss to finish", grace)
     return client.stop_draining(grace)
-
-
-def _install_stop_handlers(stopping: threading.Event) -> Callable[[], None]:
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-    previous = {sig: signal.signal(sig, lambda _s, _f: stopping.set()) for sig in _STOP_SIGNALS}
-
-    def restore() -> None:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-    return restore

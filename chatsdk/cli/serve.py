@@ -8,6 +8,7 @@ import threading
 from typing import Any
 
 from chatsdk.cli._output import echo
+from chatsdk.cli._signals import stop_on_signals
 
 __all__ = ["add_parser", "run"]
 
@@ -50,14 +51,9 @@ def run(args: argparse.Namespace, *, stop: threading.Event | None = None) -> int
     """Serve until Ctrl-C, SIGTERM (a container's stop) or ``stop`` is set; returns the exit
     status (0 after a stop)."""
     done = stop or threading.Event()
-    previous = None
-    if threading.current_thread() is threading.main_thread():  # before the URLs are out
-        previous = signal.signal(signal.SIGTERM, lambda _s, _f: done.set())
-    try:
+    # SIGTERM only: Ctrl-C stays a KeyboardInterrupt, which run_forever turns into a stop.
+    with stop_on_signals(done, (signal.SIGTERM,)):  # before the URLs are out
         return _serve(args, done)
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
 
 
 def _serve(args: argparse.Namespace, done: threading.Event) -> int:

@@ -14,11 +14,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import tempfile
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from typing import Any
 
 from chatsdk._client import ChatClient
@@ -30,6 +28,7 @@ from chatsdk._validation import check_channel
 from chatsdk.cli._config import add_client_options, add_command, load, make_client, positive_int
 from chatsdk.cli._exits import DATAERR, NOPERM, UNAVAILABLE, CommandError, run_reporting
 from chatsdk.cli._output import echo, message_line, reaction_line, silence_stdout
+from chatsdk.cli._signals import stop_on_signals
 
 __all__ = ["add_parser", "format_publication", "read_positions", "run", "write_positions"]
 
@@ -206,26 +205,13 @@ class _Tail:
             self._save()
 
 
-@contextmanager
-def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    def handler(_signum: int, _frame: object) -> None:
-        stop.set()
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
 def _tail(args: argparse.Namespace) -> int:
     for channel in args.channels:
         check_channel(channel)  # checked before configuration and I/O
     positions = read_positions(args.since_file) if args.since_file else {}
     state = _Tail(args, positions)
     client = make_client(load(args))
-    with client, _stop_on_signals(state.stop):
+    with client, stop_on_signals(state.stop):
         realtime = client.realtime(on_state_change=state.on_state_change)
         try:
             for channel in dict.fromkeys(args.channels):

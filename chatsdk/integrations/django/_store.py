@@ -304,12 +304,12 @@ class DjangoStore:
 
     def claim(self, limit: int, now: float) -> tuple[list[Row], float | None]:
         def claim() -> tuple[list[Row], float | None]:
-            # Expiring scans the pending rows: only when a head is too old (the drainer's
-            # periodic sweep expires the rest), as the other stores do.
             quick = self._quick_heads(limit, now)
             if len(quick) >= limit:
                 claimed, _ = self._take(limit, now, quick)
                 return claimed, now  # more may be due at once
+            # Expiring scans the pending rows: only when a head is too old (the drainer's
+            # periodic sweep expires the rest), as the other stores do.
             heads = self._heads()
             if any(row[CREATED] <= now - self.max_age for row in heads):
                 self._expire(now)
