@@ -12,8 +12,8 @@ Without ``--url`` (or ``$CHATSDK_TEST_POSTGRES_URL``) a throwaway server is star
    bare ``FOR UPDATE SKIP LOCKED`` claim/update loop of the same batch size (goal >= 0.8x
    and >= 2,000 claims/s); the median of 3 interleaved rounds, each round's figure beside;
 3. p99 latency of ``Outbox.claim`` with 1,000,000 finished rows in the table (goal < 20 ms);
-4. the end of a flush there (``wait_idle(0)``), and 64 threads queueing at once: time and
-   the most connections the server saw;
+4. the end of a flush there (``wait_idle(0)``), the schema migration over such a table,
+   and 64 threads queueing at once: time and the most connections the server saw;
 5. the median claim with 10,000 and 100,000 channels pending beside the same with 40 (a
    claim's cost should not grow with the channels pending: before the claim's first look
    at the earliest due entries, 65 and 790 ms vs 0.4 ms).
@@ -37,6 +37,7 @@ import psycopg
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from chatsdk._outbox import pg_sql
 from chatsdk._outbox.models import OutboxEntry
 from chatsdk._outbox.outbox import Outbox
 from chatsdk._outbox.store import Follow
@@ -189,9 +190,19 @@ def bench_claims(url: str) -> dict[str, list[float]]:
     return figures
 
 
-def bench_latency(url: str) -> tuple[list[float], float]:
-    """Claim latencies with 1,000,000 finished rows in the table, and the median end of a
-    flush there (``wait_idle(0)``: pending and expired counts)."""
+def median_look(box: Outbox) -> float:
+    """Median seconds of the end of a flush (``wait_idle(0)``: pending and expired counts)."""
+    looks = []
+    for _ in range(20):
+        start = time.perf_counter()
+        box.wait_idle(0)
+        looks.append(time.perf_counter() - start)
+    return statistics.median(looks)
+
+
+def bench_latency(url: str) -> tuple[list[float], float, float]:
+    """Claim latencies with 1,000,000 finished rows in the table, and the end of a flush
+    there with nothing pending and with 2,000 entries pending."""
     fresh(url, "bench_latency")
     box = Outbox(url, schema="bench_latency")
     with psycopg.connect(url, autocommit=True) as conn:
@@ -203,14 +214,34 @@ def bench_latency(url: str) -> tuple[list[float], float]:
             (BODY, time.time(), time.time(), time.time(), FINISHED),
         )
         conn.execute('VACUUM ANALYZE "bench_latency"."outbox"')
+    idle = median_look(box)
     for i in range(2000):
         box.enqueue("message", f"c{i % CHANNELS}", {"channelId": "c", "text": "x"})
-    looks = []
-    for _ in range(20):
-        start = time.perf_counter()
-        box.wait_idle(0)
-        looks.append(time.perf_counter() - start)
-    return sorted(time_claims(box, 500)), statistics.median(looks)
+    busy = median_look(box)
+    return sorted(time_claims(box, 500)), idle, busy
+
+
+def bench_migration(url: str) -> float:
+    """Seconds to migrate a schema-1 table holding 1,000,000 finished rows (opening it)."""
+    schema = "bench_migration"
+    fresh(url, schema)
+    meta, steps = pg_sql.migrations(schema, "outbox")
+    with psycopg.connect(url, autocommit=True) as conn:
+        for statement in [*meta, *steps[0]]:  # the table as schema 1 left it
+            conn.execute(statement)
+        conn.execute(
+            f'INSERT INTO "{schema}".chatsdk_schema_versions VALUES (%s, 1)', (f"{schema}.outbox",)
+        )
+        conn.execute(
+            f'INSERT INTO "{schema}"."outbox" (kind, channel, idempotency_key, body, status,'
+            " created_at, next_attempt_at, finished_at) SELECT 'message', 'c' || (g %% 400),"
+            " 'done' || g, %s, 'sent', 0, 0, 0 FROM generate_series(1, %s) g",
+            (BODY, FINISHED),
+        )
+        conn.execute(f'VACUUM ANALYZE "{schema}"."outbox"')
+    start = time.perf_counter()
+    Outbox(url, schema=schema).close()
+    return time.perf_counter() - start
 
 
 def bench_burst(url: str, threads: int = 64, each: int = 50) -> tuple[float, int]:
@@ -308,12 +339,15 @@ def main() -> None:
             median = statistics.median(runs)
             each = " ".join(f"{run:.0f}" for run in runs)
             print(f"  {name:18} {median:8.0f}/s  ratio {median / bare:.2f}x  (rounds: {each})")
-        samples, look = bench_latency(url)
+        samples, idle, busy = bench_latency(url)
         p50, p99 = samples[len(samples) // 2], samples[int(len(samples) * 0.99)]
         print(f"claim latency, {FINISHED:,} finished rows  p50 {p50 * 1000:.2f} ms  "
               f"p99 {p99 * 1000:.2f} ms  (goal p99 < 20 ms)")  # fmt: skip
         print(f"end of a flush (wait_idle(0)), {FINISHED:,} finished rows  median "
-              f"{look * 1000:.2f} ms  (a GROUP BY over the table before: 61.9 ms)")  # fmt: skip
+              f"{idle * 1000:.2f} ms with none pending, {busy * 1000:.2f} ms with 2,000  "
+              "(a GROUP BY over the table before: 61.9 ms)")  # fmt: skip
+        print(f"migration 1 -> {pg_sql.SCHEMA_VERSION} over {FINISHED:,} finished rows  "
+              f"{bench_migration(url):.2f} s")  # fmt: skip
         elapsed, peak = bench_burst(url)
         print(f"64 threads x 50 enqueues at once  {elapsed:.2f} s, at most {peak} connections "
               "(a pool of 8, LISTEN, the watcher; before the bound: 65, 0.45 s)")  # fmt: skip
